@@ -1,0 +1,351 @@
+//! The catalog: every capability reachable on this node (DESIGN section 9).
+//!
+//! A capability is `<service>.<method>` of any `<socket_dir>/<service>/rpc.sock` that
+//! answers `rpc.discover`. Readers take a cheap snapshot (`Arc`); a refresh builds a
+//! new snapshot off to the side and swaps it in. Specs whose fingerprint did not change
+//! are reused without re-parsing.
+
+mod aggregate;
+pub mod spec;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::SERVICE_NAME;
+use crate::intent::is_service_name;
+use crate::upstream::Upstream;
+pub use spec::{Capability, HeroIntent, ServiceSpec};
+
+/// A consistent view of the catalog at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Services that answered `rpc.discover`, by name.
+    pub services: BTreeMap<String, Arc<ServiceSpec>>,
+    /// Services with a socket that did not answer usable discovery, and why.
+    pub unavailable: BTreeMap<String, String>,
+    /// Services that were in the catalog and left it; calls to them get -32020.
+    pub departed: BTreeSet<String>,
+    /// Bumped whenever the set of capabilities changes.
+    pub generation: u64,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Found(Arc<Capability>),
+    /// The service is known but has no such method.
+    UnknownMethod,
+    /// Nothing by that name has ever been seen.
+    UnknownService,
+    /// The service exists (socket present, or seen before) but cannot be reached.
+    Unavailable(String),
+}
+
+/// What a refresh changed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RefreshReport {
+    pub services: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unavailable: BTreeMap<String, String>,
+    pub capabilities: usize,
+}
+
+/// The live catalog.
+pub struct Catalog {
+    upstream: Upstream,
+    socket_dir: PathBuf,
+    discover_timeout: Duration,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Serializes refreshes so two never race to publish.
+    refresh_lock: tokio::sync::Mutex<()>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Catalog {
+    /// An empty catalog over `socket_dir`; call [`Catalog::refresh`] to fill it.
+    pub fn new(upstream: Upstream, socket_dir: PathBuf, discover_timeout: Duration) -> Self {
+        Self {
+            upstream,
+            socket_dir,
+            discover_timeout,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A receiver that sees the generation whenever the set of capabilities changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Finds a capability. A miss on a service whose socket exists triggers discovery of
+    /// that service first, so a call right after a service starts does not race the watcher.
+    pub async fn lookup(&self, service: &str, method: &str) -> Lookup {
+        let found = lookup_in(&self.snapshot(), service, method);
+        if matches!(found, Lookup::Found(_) | Lookup::UnknownMethod)
+            || !self.socket_path(service).exists()
+        {
+            return found;
+        }
+        self.refresh_only(&[service.to_owned()]).await;
+        lookup_in(&self.snapshot(), service, method)
+    }
+
+    fn socket_path(&self, service: &str) -> PathBuf {
+        self.socket_dir.join(service).join("rpc.sock")
+    }
+
+    /// Rediscovers every service under the socket directory.
+    pub async fn refresh(&self) -> RefreshReport {
+        self.refresh_inner(None).await
+    }
+
+    /// Rediscovers only the named services, keeping the rest of the catalog as it is.
+    pub async fn refresh_only(&self, services: &[String]) -> RefreshReport {
+        self.refresh_inner(Some(services)).await
+    }
+
+    async fn refresh_inner(&self, only: Option<&[String]>) -> RefreshReport {
+        let _guard = self.refresh_lock.lock().await;
+        let old = self.snapshot();
+        let candidates: Vec<String> = match only {
+            Some(names) => names
+                .iter()
+                .filter(|n| is_target_name(n))
+                .cloned()
+                .collect(),
+            None => self.scan_socket_dir().await,
+        };
+        let probes = candidates
+            .iter()
+            .map(|name| self.probe(name, old.services.get(name)));
+        let results = futures::future::join_all(probes).await;
+
+        let mut services = match only {
+            Some(_) => old.services.clone(),
+            None => BTreeMap::new(),
+        };
+        let mut unavailable = match only {
+            Some(_) => old.unavailable.clone(),
+            None => BTreeMap::new(),
+        };
+        for (name, result) in candidates.iter().zip(results) {
+            services.remove(name);
+            unavailable.remove(name);
+            match result {
+                Ok(spec) => {
+                    services.insert(name.clone(), spec);
+                }
+                Err(why) if self.socket_path(name).exists() => {
+                    tracing::warn!(service = %name, error = %why, "service not added to the catalog");
+                    unavailable.insert(name.clone(), why);
+                }
+                Err(_) => {}
+            }
+        }
+        let report = diff(&old, &services, &unavailable);
+        let mut departed: BTreeSet<String> = old.departed.clone();
+        departed.extend(report.removed.iter().cloned());
+        departed.retain(|name| !services.contains_key(name));
+        let changed =
+            !report.added.is_empty() || !report.removed.is_empty() || !report.changed.is_empty();
+        let generation = old.generation + u64::from(changed);
+        let next = Snapshot {
+            services,
+            unavailable,
+            departed,
+            generation,
+        };
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        if changed {
+            tracing::info!(
+                added = ?report.added, removed = ?report.removed, changed = ?report.changed,
+                capabilities = report.capabilities, "catalog changed"
+            );
+            self.changes.send_replace(generation);
+        }
+        report
+    }
+
+    /// Names of subdirectories that hold an `rpc.sock`, except our own.
+    async fn scan_socket_dir(&self) -> Vec<String> {
+        let dir = self.socket_dir.clone();
+        let scan = move || -> Vec<String> {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Vec::new();
+            };
+            let mut names: Vec<String> = entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| is_target_name(name) && dir.join(name).join("rpc.sock").exists())
+                .collect();
+            names.sort();
+            names
+        };
+        tokio::task::spawn_blocking(scan).await.unwrap_or_default()
+    }
+
+    /// Discovers one service, reusing the previous parse when the spec is unchanged.
+    async fn probe(
+        &self,
+        name: &str,
+        previous: Option<&Arc<ServiceSpec>>,
+    ) -> Result<Arc<ServiceSpec>, String> {
+        let raw = self
+            .upstream
+            .discover(name, self.discover_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fingerprint = hex::encode(Sha256::digest(raw.as_bytes()));
+        if let Some(previous) = previous.filter(|p| p.fingerprint == fingerprint) {
+            return Ok(previous.clone());
+        }
+        let service = name.to_owned();
+        // Parsing and compiling schemas is CPU work: keep it off the async threads.
+        let parsed =
+            tokio::task::spawn_blocking(move || spec::parse_service(&service, &raw, fingerprint))
+                .await
+                .map_err(|e| format!("parser task failed: {e}"))??;
+        for warning in &parsed.warnings {
+            tracing::warn!(service = %name, %warning, "method skipped or degraded");
+        }
+        Ok(Arc::new(parsed))
+    }
+}
+
+/// A directory name that can be a target: a valid service name that is not ours.
+fn is_target_name(name: &str) -> bool {
+    is_service_name(name) && name != SERVICE_NAME
+}
+
+fn lookup_in(snapshot: &Snapshot, service: &str, method: &str) -> Lookup {
+    match snapshot.services.get(service) {
+        Some(spec) => match spec.capabilities.get(method) {
+            Some(cap) => Lookup::Found(cap.clone()),
+            None => Lookup::UnknownMethod,
+        },
+        None => match snapshot.unavailable.get(service) {
+            Some(why) => Lookup::Unavailable(why.clone()),
+            None if snapshot.departed.contains(service) => {
+                Lookup::Unavailable(format!("{service} left the catalog (its socket is gone)"))
+            }
+            None => Lookup::UnknownService,
+        },
+    }
+}
+
+fn diff(
+    old: &Snapshot,
+    services: &BTreeMap<String, Arc<ServiceSpec>>,
+    unavailable: &BTreeMap<String, String>,
+) -> RefreshReport {
+    let mut report = RefreshReport {
+        services: services.keys().cloned().collect(),
+        unavailable: unavailable.clone(),
+        capabilities: services.values().map(|s| s.capabilities.len()).sum(),
+        ..RefreshReport::default()
+    };
+    for (name, spec) in services {
+        match old.services.get(name) {
+            None => report.added.push(name.clone()),
+            Some(prev) if prev.fingerprint != spec.fingerprint => report.changed.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    report.removed = old
+        .services
+        .keys()
+        .filter(|name| !services.contains_key(*name))
+        .cloned()
+        .collect();
+    report
+}
+
+impl Snapshot {
+    /// Every capability, in name order.
+    pub fn capabilities(&self) -> impl Iterator<Item = &Arc<Capability>> {
+        self.services.values().flat_map(|s| s.capabilities.values())
+    }
+
+    /// Capabilities matching `query`, best first: name matches rank above description
+    /// matches; every term must match somewhere.
+    pub fn search(&self, query: &str, service: Option<&str>, limit: usize) -> Vec<Arc<Capability>> {
+        let terms: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+        let in_scope = |cap: &&Arc<Capability>| service.is_none_or(|s| cap.service == s);
+        if terms.is_empty() {
+            return self
+                .capabilities()
+                .filter(in_scope)
+                .take(limit)
+                .cloned()
+                .collect();
+        }
+        let mut scored: Vec<(u32, &Arc<Capability>)> = self
+            .capabilities()
+            .filter(in_scope)
+            .filter_map(|cap| score(cap, &terms).map(|s| (s, cap)))
+            .collect();
+        scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        scored
+            .into_iter()
+            .take(limit)
+            .map(|(_, cap)| cap.clone())
+            .collect()
+    }
+
+    /// The aggregated OpenRPC document of the given capabilities (prefixed names).
+    pub fn openrpc<'a>(
+        &self,
+        caps: impl Iterator<Item = &'a Arc<Capability>>,
+    ) -> serde_json::Value {
+        aggregate::document(self, caps)
+    }
+}
+
+/// Relevance of one capability for all `terms`, or `None` if a term matches nothing.
+fn score(cap: &Capability, terms: &[String]) -> Option<u32> {
+    let name = cap.name.to_lowercase();
+    let text = format!(
+        "{} {}",
+        cap.summary.as_deref().unwrap_or_default(),
+        cap.description.as_deref().unwrap_or_default()
+    )
+    .to_lowercase();
+    let mut total = 0;
+    for term in terms {
+        let in_name = if name == *term {
+            1000
+        } else if name.split('.').any(|seg| seg == term) {
+            400
+        } else if name.starts_with(term.as_str()) {
+            300
+        } else if name.contains(term.as_str()) {
+            200
+        } else {
+            0
+        };
+        let in_text = if text.contains(term.as_str()) { 10 } else { 0 };
+        if in_name + in_text == 0 {
+            return None;
+        }
+        total += in_name + in_text;
+    }
+    Some(total)
+}

@@ -1,0 +1,73 @@
+//! Command-line interface (clap). `main.rs` turns it into a [`Config`] and runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{self, Config, LogFormat, UnsignedLocal};
+
+/// hero_executor: the secure execution gateway of a HERO node.
+///
+/// With no subcommand, runs the daemon in the foreground.
+#[derive(Debug, Parser)]
+#[command(name = "hero_executor", version, about, long_about = None)]
+pub struct Cli {
+    /// Hero socket directory [default: $HERO_SOCKET_DIR, $PATH_SOCKET, ~/hero/var/sockets]
+    #[arg(long, global = true)]
+    pub socket_dir: Option<PathBuf>,
+
+    /// Data directory [default: $HERO_EXECUTOR_DATA, ~/hero/var/hero_executor]
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Also listen on TCP (e.g. 127.0.0.1:9944); signatures are always required there
+    #[arg(long, env = "HERO_EXECUTOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Log format
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HERO_EXECUTOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Per-call timeout for forwarded calls, in milliseconds
+    #[arg(long, default_value_t = 30_000, env = "HERO_EXECUTOR_CALL_TIMEOUT_MS")]
+    pub call_timeout_ms: u64,
+
+    /// Largest accepted request body, in bytes
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest JSON-RPC batch
+    #[arg(long, default_value_t = 100)]
+    pub max_batch: usize,
+
+    /// Unsigned calls over a Unix socket: `owner` trusts the daemon's own uid, `off` requires signatures
+    #[arg(long, value_enum, default_value_t = UnsignedLocal::Owner, env = "HERO_EXECUTOR_UNSIGNED_LOCAL")]
+    pub unsigned_local: UnsignedLocal,
+
+    /// Periodic catalog refresh, in seconds (the socket directory is also watched)
+    #[arg(long, default_value_t = 30)]
+    pub catalog_refresh_secs: u64,
+
+    /// How long in-flight calls may take to finish on SIGTERM/SIGINT, in seconds
+    #[arg(long, default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+}
+
+impl Cli {
+    /// The daemon configuration these flags describe.
+    pub fn config(&self) -> Result<Config, String> {
+        let socket_dir = config::default_socket_dir(self.socket_dir.as_deref())?;
+        let data_dir = config::default_data_dir(self.data_dir.as_deref())?;
+        let mut config = Config::new(socket_dir, data_dir);
+        config.listen = self.listen;
+        config.call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
+        config.max_body_bytes = self.max_body_bytes;
+        config.max_batch = self.max_batch.max(1);
+        config.unsigned_local = self.unsigned_local;
+        config.catalog_refresh = Duration::from_secs(self.catalog_refresh_secs.max(1));
+        config.drain_timeout = Duration::from_secs(self.drain_timeout_secs);
+        Ok(config)
+    }
+}

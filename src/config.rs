@@ -1,0 +1,119 @@
+//! Paths, limits and defaults. Built from the CLI in `main.rs`, or directly by tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Who may call without a signature over a Unix socket (DESIGN section 6, step 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnsignedLocal {
+    /// Peers with the daemon's own uid get full trust (hero convention).
+    Owner,
+    /// Every request must be signed (hardened setups).
+    Off,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything the daemon needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `$HERO_SOCKET_DIR`: where every hero service keeps `<name>/rpc.sock`.
+    pub socket_dir: PathBuf,
+    /// `$HERO_EXECUTOR_DATA`: database, signing key, policy.
+    pub data_dir: PathBuf,
+    /// Optional TCP listener for remote callers (signatures always required there).
+    pub listen: Option<SocketAddr>,
+    /// Default per-call timeout for forwarded calls.
+    pub call_timeout: Duration,
+    /// Timeout for `rpc.discover` on a target while building the catalog.
+    pub discover_timeout: Duration,
+    /// Largest request body accepted on any surface.
+    pub max_body_bytes: usize,
+    /// Largest answer accepted from a target.
+    pub max_response_bytes: usize,
+    /// Largest JSON-RPC batch.
+    pub max_batch: usize,
+    /// Unsigned local callers policy.
+    pub unsigned_local: UnsignedLocal,
+    /// Periodic catalog refresh interval (besides the directory watch).
+    pub catalog_refresh: Duration,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// A config with every default, for the given directories.
+    pub fn new(socket_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            socket_dir: socket_dir.into(),
+            data_dir: data_dir.into(),
+            listen: None,
+            call_timeout: Duration::from_secs(30),
+            discover_timeout: Duration::from_secs(5),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_batch: 100,
+            unsigned_local: UnsignedLocal::Owner,
+            catalog_refresh: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// `<socket_dir>/hero_executor`.
+    pub fn own_socket_dir(&self) -> PathBuf {
+        self.socket_dir.join(crate::SERVICE_NAME)
+    }
+
+    /// `<socket_dir>/hero_executor/rpc.sock`.
+    pub fn rpc_socket(&self) -> PathBuf {
+        self.own_socket_dir().join("rpc.sock")
+    }
+
+    /// `<socket_dir>/hero_executor/rest.sock`.
+    pub fn rest_socket(&self) -> PathBuf {
+        self.own_socket_dir().join("rest.sock")
+    }
+
+    /// `<socket_dir>/<service>/rpc.sock` of a target.
+    pub fn target_socket(&self, service: &str) -> PathBuf {
+        self.socket_dir.join(service).join("rpc.sock")
+    }
+}
+
+/// Resolves the socket dir: flag, then `$HERO_SOCKET_DIR`, then `$PATH_SOCKET`, then
+/// `~/hero/var/sockets`.
+pub fn default_socket_dir(flag: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(dir) = flag {
+        return Ok(dir.to_owned());
+    }
+    for var in ["HERO_SOCKET_DIR", "PATH_SOCKET"] {
+        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(dir));
+        }
+    }
+    home_subdir("hero/var/sockets", "--socket-dir or HERO_SOCKET_DIR")
+}
+
+/// Resolves the data dir: flag, then `$HERO_EXECUTOR_DATA`, then `~/hero/var/hero_executor`.
+pub fn default_data_dir(flag: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(dir) = flag {
+        return Ok(dir.to_owned());
+    }
+    if let Some(dir) = std::env::var_os("HERO_EXECUTOR_DATA").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    home_subdir("hero/var/hero_executor", "--data-dir or HERO_EXECUTOR_DATA")
+}
+
+fn home_subdir(sub: &str, alternative: &str) -> Result<PathBuf, String> {
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(sub)),
+        None => Err(format!("$HOME is not set: use {alternative}")),
+    }
+}

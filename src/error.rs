@@ -1,0 +1,209 @@
+//! The executor's error type and its JSON-RPC codes (DESIGN section 3).
+//!
+//! Every surface renders the same [`ExecError`]: the OpenRPC adapter as a JSON-RPC
+//! error object, REST as `application/problem+json` (RFC 9457). Details of internal
+//! failures go to the log, never to the client.
+
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// JSON-RPC error codes used by the executor.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    pub const UNAUTHENTICATED: i64 = -32001;
+    pub const PERMISSION_DENIED: i64 = -32002;
+    pub const NOT_FOUND: i64 = -32003;
+    pub const CONFLICT: i64 = -32004;
+    pub const NOT_ENROLLED: i64 = -32005;
+    pub const TARGET_UNAVAILABLE: i64 = -32020;
+    pub const TARGET_TIMEOUT: i64 = -32021;
+    pub const TARGET_PROTOCOL: i64 = -32022;
+    pub const RATE_LIMITED: i64 = -32029;
+}
+
+/// One schema violation in a call's params, located by JSON pointer.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ParamError {
+    /// JSON pointer into the params (`""` is the params object itself).
+    pub pointer: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// Everything that can go wrong between a request arriving and its answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExecError {
+    /// The body is not JSON.
+    #[error("parse error: {0}")]
+    Parse(String),
+    /// The body is JSON but not a valid request.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The body exceeds a size limit (JSON-RPC -32600, HTTP 413).
+    #[error("request too large: {0}")]
+    TooLarge(String),
+    /// No such method (JSON-RPC method name unknown or not a valid capability name).
+    #[error("method not found: {0}")]
+    MethodNotFound(String),
+    /// Params do not match the method's schema.
+    #[error("invalid params: {message}")]
+    InvalidParams {
+        message: String,
+        details: Vec<ParamError>,
+    },
+    /// A bug or an unexpected failure inside the executor; the detail is only logged.
+    #[error("internal error")]
+    Internal(String),
+    /// No acceptable identity on the request.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Policy or identity rules refuse the call.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// A capability, run or key that does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The target service has no socket or refuses connections.
+    #[error("target unavailable: {0}")]
+    TargetUnavailable(String),
+    /// The target did not answer within the call timeout.
+    #[error("target timed out: {0}")]
+    TargetTimeout(String),
+    /// The target answered something that is not a JSON-RPC response.
+    #[error("target protocol error: {0}")]
+    TargetProtocol(String),
+    /// The target's own JSON-RPC error, passed through unchanged.
+    #[error("{message}")]
+    Target {
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
+}
+
+impl ExecError {
+    /// Builds an invalid-params error with one located detail.
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::InvalidParams {
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// The JSON-RPC error code of this error.
+    pub fn code(&self) -> i64 {
+        match self {
+            Self::Parse(_) => code::PARSE_ERROR,
+            Self::InvalidRequest(_) | Self::TooLarge(_) => code::INVALID_REQUEST,
+            Self::MethodNotFound(_) => code::METHOD_NOT_FOUND,
+            Self::InvalidParams { .. } => code::INVALID_PARAMS,
+            Self::Internal(_) => code::INTERNAL_ERROR,
+            Self::Unauthenticated(_) => code::UNAUTHENTICATED,
+            Self::Denied(_) => code::PERMISSION_DENIED,
+            Self::NotFound(_) => code::NOT_FOUND,
+            Self::TargetUnavailable(_) => code::TARGET_UNAVAILABLE,
+            Self::TargetTimeout(_) => code::TARGET_TIMEOUT,
+            Self::TargetProtocol(_) => code::TARGET_PROTOCOL,
+            Self::Target { code, .. } => *code,
+        }
+    }
+
+    /// The message a client sees. Internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error".to_owned(),
+            Self::Target { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Structured data for the client, if any (`run_id` is added by the caller).
+    fn data(&self) -> Option<Value> {
+        match self {
+            Self::InvalidParams { details, .. } if !details.is_empty() => {
+                Some(json!({ "errors": details }))
+            }
+            Self::Target { data, .. } => data.clone(),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC `error` object. `run_id` is merged into `data` when a run exists.
+    pub fn to_jsonrpc(&self, run_id: Option<&str>) -> Value {
+        let mut data = self.data();
+        if let Some(run_id) = run_id {
+            match &mut data {
+                Some(Value::Object(map)) => {
+                    map.insert("run_id".into(), Value::String(run_id.to_owned()));
+                }
+                // A target's non-object data is kept under `target_data`.
+                Some(other) => {
+                    data = Some(json!({ "target_data": other.take(), "run_id": run_id }))
+                }
+                None => data = Some(json!({ "run_id": run_id })),
+            }
+        }
+        let mut obj = json!({ "code": self.code(), "message": self.public_message() });
+        if let Some(data) = data {
+            obj["data"] = data;
+        }
+        obj
+    }
+
+    /// The HTTP status used when this error is the whole answer (REST, and layer rejections).
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::Parse(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MethodNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::InvalidParams { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::TargetUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TargetTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::TargetProtocol(_) => StatusCode::BAD_GATEWAY,
+            Self::Target { code, .. } => match *code {
+                code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+                code::INVALID_PARAMS => StatusCode::UNPROCESSABLE_ENTITY,
+                // The target's application errors are answers about the request.
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+        }
+    }
+
+    /// A short machine-readable slug, used in problem `type` URIs.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::Parse(_) => "parse-error",
+            Self::InvalidRequest(_) => "invalid-request",
+            Self::TooLarge(_) => "too-large",
+            Self::MethodNotFound(_) => "method-not-found",
+            Self::InvalidParams { .. } => "invalid-params",
+            Self::Internal(_) => "internal-error",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Denied(_) => "permission-denied",
+            Self::NotFound(_) => "not-found",
+            Self::TargetUnavailable(_) => "target-unavailable",
+            Self::TargetTimeout(_) => "target-timeout",
+            Self::TargetProtocol(_) => "target-protocol-error",
+            Self::Target { .. } => "target-error",
+        }
+    }
+
+    /// Logs internal details once, at the boundary where the error is rendered.
+    pub fn log(&self) {
+        match self {
+            Self::Internal(detail) => tracing::error!(%detail, "internal error"),
+            Self::TargetUnavailable(_) | Self::TargetTimeout(_) | Self::TargetProtocol(_) => {
+                tracing::warn!(error = %self, "target failure")
+            }
+            _ => tracing::debug!(error = %self, "request failed"),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Hero context (DESIGN section 6): `X-Hero-Context`, `X-Hero-Claims`, `X-Hero-User` and
+//! `traceparent` are parsed once, combined with the verified [`Principal`], and inserted
+//! as a [`Caller`] for the adapters. Malformed headers are a 400 in the surface's shape.
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http::HeaderMap;
+use tower_http::request_id::RequestId;
+
+use crate::adapters::reject;
+use crate::dispatch::valid_traceparent;
+use crate::error::ExecError;
+use crate::intent::{Caller, Claims, Principal};
+
+/// The claim that lets a principal act on behalf of a user (`X-Hero-User`).
+pub const IMPERSONATE_CLAIM: &str = "executor.impersonate";
+
+/// Builds the [`Caller`] for requests that carry a principal.
+pub async fn hero_context(mut request: Request, next: Next) -> Response {
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        return next.run(request).await; // open route: nobody to describe
+    };
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    match caller(principal, request.headers(), request_id) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(error) => reject(request.uri().path(), error),
+    }
+}
+
+fn caller(
+    principal: Principal,
+    headers: &HeaderMap,
+    request_id: String,
+) -> Result<Caller, ExecError> {
+    let context = match single(headers, "x-hero-context")? {
+        None => 0,
+        Some(v) => v.trim().parse::<u64>().map_err(|_| {
+            ExecError::InvalidRequest(format!(
+                "X-Hero-Context must be an unsigned integer, got {v:?}"
+            ))
+        })?,
+    };
+    let requested = single(headers, "x-hero-claims")?
+        .map(|v| {
+            Claims::parse(v).map_err(|e| ExecError::InvalidRequest(format!("X-Hero-Claims: {e}")))
+        })
+        .transpose()?;
+    let claims = principal.ceiling.narrow(requested.as_ref());
+    let user = match single(headers, "x-hero-user")? {
+        None => None,
+        Some(user) => {
+            let user = user.trim();
+            if user.is_empty() || user.len() > 256 || !user.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ExecError::InvalidRequest(
+                    "X-Hero-User must be 1-256 printable ASCII characters".into(),
+                ));
+            }
+            if !claims.holds(IMPERSONATE_CLAIM) {
+                return Err(ExecError::Denied(format!(
+                    "X-Hero-User needs the {IMPERSONATE_CLAIM} claim, which {} does not hold",
+                    principal.id
+                )));
+            }
+            Some(user.to_owned())
+        }
+    };
+    // An invalid traceparent is dropped, not an error (W3C trace context says restart the trace).
+    let traceparent = single(headers, "traceparent")?
+        .filter(|v| valid_traceparent(v))
+        .map(str::to_owned);
+    Ok(Caller {
+        principal,
+        context,
+        claims,
+        user,
+        request_id,
+        traceparent,
+    })
+}
+
+/// A header that may appear at most once, as visible ASCII.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ExecError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ExecError::InvalidRequest(format!(
+            "header {name} must appear at most once"
+        )));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| ExecError::InvalidRequest(format!("header {name} is not visible ASCII")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn parses_and_narrows() {
+        let owner = Principal::local_owner(1);
+        let c = caller(
+            owner.clone(),
+            &headers(&[("x-hero-context", "7"), ("x-hero-claims", "a,b")]),
+            "r".into(),
+        )
+        .unwrap();
+        assert_eq!(c.context, 7);
+        assert_eq!(c.claims, Claims::parse("a,b").unwrap());
+        assert_eq!(
+            caller(owner.clone(), &HeaderMap::new(), "r".into())
+                .unwrap()
+                .context,
+            0
+        );
+        for bad in [
+            &[("x-hero-context", "-1")][..],
+            &[("x-hero-context", "abc")],
+            &[("x-hero-context", "1"), ("x-hero-context", "2")],
+            &[("x-hero-claims", "a b")],
+        ] {
+            assert_eq!(
+                caller(owner.clone(), &headers(bad), "r".into())
+                    .unwrap_err()
+                    .code(),
+                -32600,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn impersonation_needs_the_claim() {
+        let owner = Principal::local_owner(1);
+        let c = caller(
+            owner.clone(),
+            &headers(&[("x-hero-user", "alice")]),
+            "r".into(),
+        )
+        .unwrap();
+        assert_eq!(c.chain(), vec!["uid:1".to_owned(), "alice".to_owned()]);
+        // Narrowing the claims away also removes the right to impersonate.
+        let err = caller(
+            owner,
+            &headers(&[("x-hero-user", "alice"), ("x-hero-claims", "agent")]),
+            "r".into(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), -32002);
+    }
+}

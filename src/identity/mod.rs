@@ -1,0 +1,139 @@
+//! Identity: who is asking (DESIGN section 6).
+//!
+//! The identity layer resolves every request, except the open discovery routes, to a
+//! verified [`Principal`] and inserts it into the request extensions. Resolution order:
+//! (1) an HTTP message signature (not yet implemented: a signed request is refused, never
+//! downgraded); (2) an unsigned request over a Unix socket from a trusted peer uid;
+//! (3) otherwise 401 with an `Accept-Signature` header saying what to sign.
+
+pub mod context;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::serve::IncomingStream;
+use http::HeaderValue;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::AppState;
+use crate::adapters::reject;
+use crate::config::UnsignedLocal;
+use crate::error::ExecError;
+use crate::intent::Principal;
+use crate::limits::BufferedBody;
+
+/// The transport peer of a connection, captured when it is accepted.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A Unix-socket peer; `uid` from SO_PEERCRED (absent if the kernel would not say).
+    Unix { uid: Option<u32> },
+    /// A TCP peer.
+    Tcp(std::net::SocketAddr),
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        Peer::Unix {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer::Tcp(*stream.remote_addr())
+    }
+}
+
+/// What to sign, per RFC 9421 section 5.1, sent with every 401.
+pub const ACCEPT_SIGNATURE: &str = r#"sig1=("@method" "@path" "@query" "content-digest");created;expires;nonce;keyid;alg="ed25519""#;
+
+/// Routes anyone may call without an identity.
+pub fn is_open_route(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/.well-known/heroservice.json" | "/openrpc.json" | "/openapi.json"
+    )
+}
+
+/// The identity layer (see the module docs).
+pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if is_open_route(path) || is_open_rpc_call(&request) {
+        return next.run(request).await;
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.clone());
+    match resolve(&state, &request, peer) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => {
+            let mut response = reject(path, error);
+            response.headers_mut().insert(
+                "accept-signature",
+                HeaderValue::from_static(ACCEPT_SIGNATURE),
+            );
+            response
+        }
+    }
+}
+
+fn resolve(
+    state: &AppState,
+    request: &Request,
+    peer: Option<Peer>,
+) -> Result<Principal, ExecError> {
+    if request.headers().contains_key("signature")
+        || request.headers().contains_key("signature-input")
+    {
+        // A signature is never ignored in favour of a weaker identity.
+        return Err(ExecError::Unauthenticated(
+            "HTTP message signatures are not supported by this build yet".into(),
+        ));
+    }
+    match peer {
+        Some(Peer::Unix { uid: Some(uid) })
+            if state.config.unsigned_local == UnsignedLocal::Owner && uid == state.own_uid =>
+        {
+            Ok(Principal::local_owner(uid))
+        }
+        Some(Peer::Unix { uid }) => Err(ExecError::Unauthenticated(
+            match state.config.unsigned_local {
+                UnsignedLocal::Owner => format!(
+                    "unsigned calls are accepted only from the daemon's own uid ({}); peer uid is {}: sign the request",
+                    state.own_uid,
+                    uid.map_or("unknown".to_owned(), |u| u.to_string())
+                ),
+                UnsignedLocal::Off => {
+                    "unsigned calls are disabled (unsigned_local = off): sign the request".into()
+                }
+            },
+        )),
+        Some(Peer::Tcp(_)) => Err(ExecError::Unauthenticated(
+            "calls over TCP must carry an HTTP message signature (RFC 9421)".into(),
+        )),
+        None => Err(ExecError::Unauthenticated("no transport identity".into())),
+    }
+}
+
+/// `rpc.discover` is open: a single JSON-RPC request for it needs no identity.
+fn is_open_rpc_call(request: &Request) -> bool {
+    if request.uri().path() != "/rpc" {
+        return false;
+    }
+    #[derive(serde::Deserialize)]
+    struct MethodOnly<'a> {
+        #[serde(borrow)]
+        method: &'a str,
+    }
+    request
+        .extensions()
+        .get::<BufferedBody>()
+        .and_then(|b| serde_json::from_slice::<MethodOnly<'_>>(&b.0).ok())
+        .is_some_and(|r| r.method == "rpc.discover")
+}

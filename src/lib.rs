@@ -1,0 +1,161 @@
+//! hero_executor: the secure execution gateway of a HERO node.
+//!
+//! # Layout
+//!
+//! A request flows through these files, top to bottom:
+//!
+//! - [`server`]: binds the Unix sockets (and optional TCP), the lock file, graceful shutdown.
+//! - [`stack`] (in this file): the tower layers every request passes, in order.
+//!   - [`limits`]: body buffered once under the size limit.
+//!   - [`identity`]: who is asking ([`intent::Principal`]); [`identity::context`]: hero
+//!     context, claims and user, combined into an [`intent::Caller`].
+//! - [`adapters`]: REST, OpenRPC (and later MCP) translate the wire protocol into calls
+//!   on the dispatcher, and nothing else.
+//! - [`dispatch`]: the core. The executor's own [`methods`], or a capability:
+//!   [`catalog`] lookup and params validation, then [`upstream`] forwarding.
+//! - [`catalog`]: discovery of `<socket_dir>/<service>/rpc.sock` services.
+//! - [`error`], [`jsonrpc`], [`intent`]: the types that travel between them.
+
+#![forbid(unsafe_code)]
+
+pub mod adapters;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod identity;
+pub mod intent;
+pub mod jsonrpc;
+pub mod limits;
+pub mod methods;
+pub mod server;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use http::{Request, StatusCode};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use adapters::hero::SocketKind;
+use catalog::Catalog;
+use config::Config;
+use dispatch::Dispatcher;
+use error::ExecError;
+use upstream::Upstream;
+
+/// The service name in the hero socket convention.
+pub const SERVICE_NAME: &str = "hero_executor";
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The executor's own OpenRPC document, embedded at build time and served byte for byte.
+pub const OPENRPC_JSON: &str = include_str!("../openrpc.json");
+
+/// Shared state of every router.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// The daemon's effective uid: unsigned local peers with this uid are the owner.
+    pub own_uid: u32,
+}
+
+impl AppState {
+    /// Builds the core (upstream client, catalog, dispatcher) for `config`.
+    pub fn new(config: Config) -> Self {
+        let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes);
+        let catalog = Arc::new(Catalog::new(
+            upstream.clone(),
+            config.socket_dir.clone(),
+            config.discover_timeout,
+        ));
+        let dispatcher = Arc::new(Dispatcher::new(catalog, upstream, config.call_timeout));
+        Self {
+            config: Arc::new(config),
+            dispatcher,
+            own_uid: rustix::process::geteuid().as_raw(),
+        }
+    }
+}
+
+/// The router of `rpc.sock`: OpenRPC (`POST /rpc`, `GET /openrpc.json`) and hero endpoints.
+pub fn rpc_router(state: AppState) -> Router {
+    finish(
+        adapters::hero::routes(SocketKind::Rpc).merge(adapters::openrpc::routes()),
+        state,
+    )
+}
+
+/// The router of `rest.sock`: REST under `/api/v1`, `GET /openapi.json` and hero endpoints.
+pub fn rest_router(state: AppState) -> Router {
+    finish(
+        adapters::hero::routes(SocketKind::Rest).merge(adapters::rest::routes()),
+        state,
+    )
+}
+
+/// The router of the optional TCP listener: OpenRPC and REST together.
+pub fn tcp_router(state: AppState) -> Router {
+    let routes = adapters::hero::routes(SocketKind::Rpc)
+        .merge(adapters::openrpc::routes())
+        .merge(adapters::rest::routes());
+    finish(routes, state)
+}
+
+/// Adds the fallbacks and the layer stack every request passes (outermost first), and
+/// binds the state.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    let stack = ServiceBuilder::new()
+        // An id for every request, taken from `x-request-id` or made up; first, so every
+        // log line below (and the response) carries it.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // One span per request with that id.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+        // A panic becomes a 500 in JSON, and the daemon keeps serving.
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            adapters::reject("/", ExecError::Internal("handler panicked".into()))
+        }))
+        // Bodies are buffered once under the limit, before anything reads them.
+        .layer(from_fn_with_state(state.config.max_body_bytes, limits::buffer_body))
+        // Who is asking: needs the buffered body (open rpc.discover, signatures later).
+        .layer(from_fn_with_state(state.clone(), identity::identify))
+        // Hero context and claims narrow the verified principal into a Caller.
+        .layer(from_fn(identity::context::hero_context));
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(stack)
+        .with_state(state)
+}
+
+async fn not_found(request: axum::extract::Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let mut response = adapters::reject(&path, ExecError::NotFound(format!("no route {path}")));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+async fn method_not_allowed(request: axum::extract::Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let error = ExecError::InvalidRequest(format!("{} is not allowed on {path}", request.method()));
+    let mut response = adapters::reject(&path, error);
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response.into_response()
+}

@@ -1,0 +1,56 @@
+//! The `hero_executor` binary: parse the CLI, set up logging, run the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hero_executor::cli::Cli;
+use hero_executor::config::LogFormat;
+use hero_executor::{AppState, server};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hero_executor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hero_executor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let bound = match server::bind(&config).await {
+            Ok(bound) => bound,
+            Err(e) => {
+                eprintln!("hero_executor: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        server::run(AppState::new(config), bound, server::termination_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}

@@ -1,0 +1,257 @@
+//! Sockets, the single-instance lock, serving, and graceful shutdown (DESIGN section 2).
+//!
+//! [`bind`] does everything that can fail at start-up (directories, lock, sockets) so the
+//! caller can report it plainly; [`run`] takes the bound listeners and a shutdown future,
+//! so tests start the real server on temp-dir sockets with no sleeps.
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use crate::catalog;
+use crate::config::Config;
+use crate::identity::Peer;
+use crate::{AppState, rest_router, rpc_router, tcp_router};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create {what} {}: {source}", path.display())]
+    Dir {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("hero_executor is already running on {} (pid {pid}); lock file {}", dir.display(), lock.display())]
+    AlreadyRunning {
+        dir: PathBuf,
+        pid: String,
+        lock: PathBuf,
+    },
+    #[error("cannot use lock file {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot bind {}: {source}", path.display())]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Listeners bound and the instance lock held; ready to [`run`].
+pub struct Bound {
+    rpc: UnixListener,
+    rest: UnixListener,
+    tcp: Option<TcpListener>,
+    sockets: Vec<PathBuf>,
+    /// Held for the daemon's lifetime: the OS releases it when the process ends.
+    _lock: File,
+}
+
+impl Bound {
+    /// The TCP listener's actual address (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Creates the directories, takes the lock and binds every listener.
+pub async fn bind(config: &Config) -> Result<Bound, StartError> {
+    let own_dir = config.own_socket_dir();
+    make_dir("socket directory", &own_dir, 0o770)?;
+    make_dir("data directory", &config.data_dir, 0o700)?;
+    let lock = take_lock(&own_dir)?;
+
+    let mut sockets = Vec::new();
+    let mut bind_unix = |path: PathBuf| -> Result<UnixListener, StartError> {
+        // We hold the lock, so a socket file here is a stale one from a previous run.
+        if path.exists() {
+            fs::remove_file(&path).map_err(|source| StartError::Bind {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let listener = UnixListener::bind(&path).map_err(|source| StartError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).map_err(|source| {
+            StartError::Bind {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        sockets.push(path);
+        Ok(listener)
+    };
+    let rpc = bind_unix(config.rpc_socket())?;
+    let rest = bind_unix(config.rest_socket())?;
+    let tcp = match config.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Tcp { addr, source })?,
+        ),
+        None => None,
+    };
+    Ok(Bound {
+        rpc,
+        rest,
+        tcp,
+        sockets,
+        _lock: lock,
+    })
+}
+
+fn make_dir(what: &'static str, path: &Path, mode: u32) -> Result<(), StartError> {
+    let err = |source| StartError::Dir {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(err)?;
+    // `mode` only applies to directories we create; probe that we can write here.
+    let probe = path.join(".write-probe");
+    File::create(&probe).map_err(err)?;
+    let _ = fs::remove_file(probe);
+    Ok(())
+}
+
+/// Takes `<own_dir>/hero_executor.lock` and writes our pid into it.
+fn take_lock(own_dir: &Path) -> Result<File, StartError> {
+    let path = own_dir.join("hero_executor.lock");
+    let lock_err = |source| StartError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(StartError::AlreadyRunning {
+                dir: own_dir.parent().unwrap_or(own_dir).to_owned(),
+                pid: pid.trim().to_owned(),
+                lock: path,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).map_err(lock_err)?;
+    file.rewind().map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(file)
+}
+
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
+/// (at most `config.drain_timeout`) and removes the socket files.
+pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = ()> + Send) {
+    let config = state.config.clone();
+    let catalog = state.dispatcher.catalog().clone();
+    let report = catalog.refresh().await;
+    tracing::info!(services = ?report.services, capabilities = report.capabilities, "catalog ready");
+    let watcher = catalog::watch::spawn(catalog, config.socket_dir.clone(), config.catalog_refresh);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    servers.spawn(serve_unix(bound.rpc, rpc_router(state.clone()), stopped()));
+    servers.spawn(serve_unix(
+        bound.rest,
+        rest_router(state.clone()),
+        stopped(),
+    ));
+    if let Some(tcp) = bound.tcp {
+        let app = tcp_router(state.clone()).into_make_service_with_connect_info::<Peer>();
+        let stop = stopped();
+        servers.spawn(async move {
+            let _ = axum::serve(tcp, app).with_graceful_shutdown(stop).await;
+        });
+    }
+    tracing::info!(
+        rpc = %config.rpc_socket().display(),
+        rest = %config.rest_socket().display(),
+        tcp = ?config.listen,
+        version = crate::VERSION,
+        "hero_executor listening"
+    );
+
+    shutdown.await;
+    tracing::info!(
+        drain_timeout_s = config.drain_timeout.as_secs(),
+        "shutting down: draining in-flight calls"
+    );
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timeout reached; dropping the calls still in flight");
+        servers.abort_all();
+    }
+    watcher.abort();
+    for socket in &bound.sockets {
+        let _ = fs::remove_file(socket);
+    }
+    tracing::info!("stopped");
+}
+
+async fn serve_unix(
+    listener: UnixListener,
+    app: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = app.into_make_service_with_connect_info::<Peer>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "server error");
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,280 @@
+//! JSON-RPC client for target services over `$HERO_SOCKET_DIR/<service>/rpc.sock`.
+//!
+//! One pooled hyper client for every target: the URI authority names the service and the
+//! connector maps it to the service's socket, so keep-alive connections are pooled per
+//! service. Every call has a deadline and an answer-size cap; a dropped call drops its
+//! connection instead of returning it to the pool.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::net::UnixStream;
+
+use crate::error::ExecError;
+use crate::intent::is_service_name;
+use crate::jsonrpc;
+
+/// Headers a forwarded call carries, all derived from the intent (never copied from the caller).
+#[derive(Debug, Clone, Default)]
+pub struct ForwardHeaders {
+    pub context: u64,
+    /// Effective claims; `None` for full trust (the header is then omitted).
+    pub claims: Option<String>,
+    /// The pinned user the call is on behalf of.
+    pub user: Option<String>,
+    pub run_id: String,
+    pub traceparent: String,
+}
+
+/// Connects `http://<service>/...` to `<socket_dir>/<service>/rpc.sock`.
+#[derive(Clone)]
+struct UnixConnector {
+    socket_dir: Arc<PathBuf>,
+}
+
+impl tower::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let service = uri.host().unwrap_or_default().to_owned();
+        let dir = self.socket_dir.clone();
+        Box::pin(async move {
+            // Names are validated before a URI is built; check again before touching a path.
+            if !is_service_name(&service) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("invalid service name {service:?}"),
+                ));
+            }
+            let stream = UnixStream::connect(dir.join(&service).join("rpc.sock")).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+/// The pooled client for every target service.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<UnixConnector, Full<Bytes>>,
+    max_response_bytes: usize,
+}
+
+impl Upstream {
+    /// A client for services under `socket_dir`.
+    pub fn new(socket_dir: PathBuf, max_response_bytes: usize) -> Self {
+        let connector = UnixConnector {
+            socket_dir: Arc::new(socket_dir),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self {
+            client,
+            max_response_bytes,
+        }
+    }
+
+    /// Calls `method` on `service` and returns its `result`, or its error passed through.
+    pub async fn call(
+        &self,
+        service: &str,
+        method: &str,
+        params: Option<&Value>,
+        headers: &ForwardHeaders,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, ExecError> {
+        let body = jsonrpc::request(&headers.run_id, method, params);
+        let bytes = self
+            .exchange(service, &body, Some(headers), timeout)
+            .await?;
+        parse_answer(service, &bytes)
+    }
+
+    /// Calls `rpc.discover` and returns the raw text of its `result`, for fingerprinting.
+    pub async fn discover(&self, service: &str, timeout: Duration) -> Result<String, ExecError> {
+        let body = jsonrpc::request("discover", "rpc.discover", None);
+        let bytes = self.exchange(service, &body, None, timeout).await?;
+        #[derive(serde::Deserialize)]
+        struct Answer<'a> {
+            #[serde(borrow)]
+            result: Option<&'a serde_json::value::RawValue>,
+            error: Option<Value>,
+        }
+        let answer: Answer<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+            ExecError::TargetProtocol(format!(
+                "{service}: rpc.discover answer is not JSON-RPC: {e}"
+            ))
+        })?;
+        match (answer.result, answer.error) {
+            (Some(raw), None) => Ok(raw.get().to_owned()),
+            (_, Some(error)) => Err(ExecError::TargetProtocol(format!(
+                "{service}: rpc.discover failed: {error}"
+            ))),
+            (None, None) => Err(ExecError::TargetProtocol(format!(
+                "{service}: rpc.discover answer has neither result nor error"
+            ))),
+        }
+    }
+
+    /// One HTTP exchange: POST the body to `/rpc`, read the answer under the size cap,
+    /// all within `timeout`.
+    async fn exchange(
+        &self,
+        service: &str,
+        body: &Value,
+        headers: Option<&ForwardHeaders>,
+        timeout: Duration,
+    ) -> Result<Bytes, ExecError> {
+        let uri: Uri = format!("http://{service}/rpc")
+            .parse()
+            .map_err(|e| ExecError::Internal(format!("building target URI: {e}")))?;
+        let mut request = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json");
+        if let Some(h) = headers {
+            request = request
+                .header("x-hero-context", h.context)
+                .header("x-hero-run-id", &h.run_id)
+                .header("traceparent", &h.traceparent);
+            if let Some(claims) = &h.claims {
+                request = request.header("x-hero-claims", claims);
+            }
+            if let Some(user) = &h.user {
+                request = request.header("x-hero-user", user);
+            }
+        }
+        let payload = serde_json::to_vec(body).map_err(|e| ExecError::Internal(e.to_string()))?;
+        let request = request
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| ExecError::Internal(format!("building target request: {e}")))?;
+
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    ExecError::TargetUnavailable(format!(
+                        "{service}: cannot connect: {}",
+                        root_cause(&e)
+                    ))
+                } else {
+                    ExecError::TargetUnavailable(format!(
+                        "{service}: connection lost before an answer: {}",
+                        root_cause(&e)
+                    ))
+                }
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), self.max_response_bytes)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ExecError::TargetProtocol(format!(
+                            "{service}: answer exceeds {} bytes",
+                            self.max_response_bytes
+                        ))
+                    } else {
+                        ExecError::TargetProtocol(format!("{service}: answer cut short: {e}"))
+                    }
+                })?
+                .to_bytes();
+            if body.is_empty() {
+                return Err(ExecError::TargetProtocol(format!(
+                    "{service}: empty answer (HTTP {status})"
+                )));
+            }
+            Ok(body)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ExecError::TargetTimeout(format!(
+                "{service} did not answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+/// Interprets a target's answer: its result (kept byte for byte), its own error, or a
+/// protocol error.
+fn parse_answer(service: &str, bytes: &[u8]) -> Result<Box<RawValue>, ExecError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: Option<Box<RawValue>>,
+        error: Option<Value>,
+    }
+    let garbage = |why: &str| ExecError::TargetProtocol(format!("{service}: {why}"));
+    let answer: Answer = serde_json::from_slice(bytes)
+        .map_err(|_| garbage("answer is not a JSON-RPC response object"))?;
+    match (answer.result, answer.error) {
+        (Some(result), _) => Ok(result),
+        (None, Some(Value::Object(mut error))) => {
+            let code = error.get("code").and_then(Value::as_i64);
+            match (code, error.remove("message")) {
+                (Some(code), Some(Value::String(message))) => Err(ExecError::Target {
+                    code,
+                    message,
+                    data: error.remove("data"),
+                }),
+                _ => Err(garbage(
+                    "error object lacks an integer code or a string message",
+                )),
+            }
+        }
+        _ => Err(garbage("answer has neither result nor error")),
+    }
+}
+
+/// The innermost error message (hyper-util wraps the interesting io::Error).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified() {
+        let ok = parse_answer(
+            "s",
+            br#"{"jsonrpc":"2.0","id":1,"result": {"b":1,  "a":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.get(),
+            r#"{"b":1,  "a":2}"#,
+            "results pass through byte for byte"
+        );
+        let err = parse_answer(
+            "s",
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":7,"message":"m","data":[1]}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ExecError::Target { code: 7, .. }));
+        for garbage in [&b"<html>"[..], b"[1]", b"{}", br#"{"error":{"code":"x"}}"#] {
+            assert_eq!(parse_answer("s", garbage).unwrap_err().code(), -32022);
+        }
+    }
+}
