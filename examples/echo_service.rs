@@ -194,7 +194,7 @@ fn spec(name: &str) -> Value {
              "paramStructure": "by-name",
              "params": [{"name": "code", "schema": {"type": "integer"}},
                         {"name": "message", "schema": {"type": "string"}},
-                        {"name": "data"}],
+                        {"name": "data", "description": "any JSON value", "schema": {}}],
              "errors": [{"code": -32000, "message": "failed on request"}],
              "x-hero-intent": intent("read", "safe")},
             {"name": "counter.add", "summary": "Add to the in-memory counter",

@@ -47,6 +47,9 @@ pub enum ExecError {
     /// The body exceeds a size limit (JSON-RPC -32600, HTTP 413).
     #[error("request too large: {0}")]
     TooLarge(String),
+    /// The HTTP method is not allowed on this route (JSON-RPC -32600, HTTP 405).
+    #[error("method not allowed: {0}")]
+    HttpMethodNotAllowed(String),
     /// No such method (JSON-RPC method name unknown or not a valid capability name).
     #[error("method not found: {0}")]
     MethodNotFound(String),
@@ -99,7 +102,9 @@ impl ExecError {
     pub fn code(&self) -> i64 {
         match self {
             Self::Parse(_) => code::PARSE_ERROR,
-            Self::InvalidRequest(_) | Self::TooLarge(_) => code::INVALID_REQUEST,
+            Self::InvalidRequest(_) | Self::TooLarge(_) | Self::HttpMethodNotAllowed(_) => {
+                code::INVALID_REQUEST
+            }
             Self::MethodNotFound(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams { .. } => code::INVALID_PARAMS,
             Self::Internal(_) => code::INTERNAL_ERROR,
@@ -160,6 +165,7 @@ impl ExecError {
         match self {
             Self::Parse(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HttpMethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::MethodNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParams { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -183,6 +189,7 @@ impl ExecError {
             Self::Parse(_) => "parse-error",
             Self::InvalidRequest(_) => "invalid-request",
             Self::TooLarge(_) => "too-large",
+            Self::HttpMethodNotAllowed(_) => "method-not-allowed",
             Self::MethodNotFound(_) => "method-not-found",
             Self::InvalidParams { .. } => "invalid-params",
             Self::Internal(_) => "internal-error",

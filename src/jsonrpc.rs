@@ -18,13 +18,27 @@ pub struct Request {
     pub params: Option<Value>,
 }
 
+/// A request that is not valid JSON-RPC 2.0, with whatever id could be recovered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub id: Value,
+    pub reason: String,
+}
+
+impl Invalid {
+    /// The -32600 error to answer with.
+    pub fn error(&self) -> ExecError {
+        ExecError::InvalidRequest(self.reason.clone())
+    }
+}
+
 /// The body of a `POST /rpc`, after framing.
 #[derive(Debug)]
 pub enum Incoming {
-    /// A single request (or an invalid one, with whatever id could be recovered).
-    Single(Result<Request, (Value, ExecError)>),
+    /// A single request (or an invalid one).
+    Single(Result<Request, Invalid>),
     /// A non-empty batch; each element parsed independently.
-    Batch(Vec<Result<Request, (Value, ExecError)>>),
+    Batch(Vec<Result<Request, Invalid>>),
 }
 
 /// Frames a request body. `Err` is a whole-body error (parse error, empty or oversized batch).
@@ -46,20 +60,26 @@ pub fn parse_body(body: &[u8], max_batch: usize) -> Result<Incoming, ExecError> 
 }
 
 /// Validates one request object. On failure returns the id to answer with (or null).
-pub fn parse_request(value: Value) -> Result<Request, (Value, ExecError)> {
+pub fn parse_request(value: Value) -> Result<Request, Invalid> {
     let Value::Object(mut obj) = value else {
-        return Err((
-            Value::Null,
-            ExecError::InvalidRequest("a request must be a JSON object".into()),
-        ));
+        return Err(Invalid {
+            id: Value::Null,
+            reason: "a request must be a JSON object".into(),
+        });
     };
+
     // Recover the id first, so even an invalid request is answered with its own id.
     let id = obj.remove("id");
     let reply_id = match &id {
         Some(v @ (Value::String(_) | Value::Number(_) | Value::Null)) => v.clone(),
         _ => Value::Null,
     };
-    let invalid = |msg: &str| Err((reply_id.clone(), ExecError::InvalidRequest(msg.to_owned())));
+    let invalid = |reason: &str| {
+        Err(Invalid {
+            id: reply_id.clone(),
+            reason: reason.to_owned(),
+        })
+    };
     if let Some(id) = &id
         && !matches!(id, Value::String(_) | Value::Number(_) | Value::Null)
     {
@@ -128,11 +148,11 @@ mod tests {
     #[test]
     fn invalid_requests_keep_their_id() {
         let err = parse_request(json!({"jsonrpc": "1.0", "id": 7, "method": "x"})).unwrap_err();
-        assert_eq!(err.0, json!(7));
-        assert_eq!(err.1.code(), -32600);
+        assert_eq!(err.id, json!(7));
+        assert_eq!(err.error().code(), -32600);
         let err = parse_request(json!({"jsonrpc": "2.0", "id": "a", "method": "x", "params": 3}))
             .unwrap_err();
-        assert_eq!(err.0, json!("a"));
+        assert_eq!(err.id, json!("a"));
     }
 
     #[test]

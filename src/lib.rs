@@ -37,8 +37,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::response::{IntoResponse, Response};
-use http::{Request, StatusCode};
+use axum::response::Response;
+use http::Request;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -146,16 +146,13 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 }
 
 async fn not_found(request: axum::extract::Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let mut response = adapters::reject(&path, ExecError::NotFound(format!("no route {path}")));
-    *response.status_mut() = StatusCode::NOT_FOUND;
-    response
+    let path = request.uri().path();
+    adapters::reject(path, ExecError::NotFound(format!("no route {path}")))
 }
 
 async fn method_not_allowed(request: axum::extract::Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let error = ExecError::InvalidRequest(format!("{} is not allowed on {path}", request.method()));
-    let mut response = adapters::reject(&path, error);
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response.into_response()
+    let path = request.uri().path();
+    let error =
+        ExecError::HttpMethodNotAllowed(format!("{} is not allowed on {path}", request.method()));
+    adapters::reject(path, error)
 }

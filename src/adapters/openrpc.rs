@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::error::ExecError;
 use crate::intent::{Caller, Surface};
-use crate::jsonrpc::{self, Incoming, Request};
+use crate::jsonrpc::{self, Incoming, Invalid, Request};
 use crate::{AppState, OPENRPC_JSON};
 
 /// `POST /rpc` and `GET /openrpc.json`.
@@ -65,11 +65,11 @@ async fn handle(
 async fn answer(
     state: &AppState,
     caller: Option<&Caller>,
-    item: Result<Request, (Value, ExecError)>,
+    item: Result<Request, Invalid>,
 ) -> Option<Box<RawValue>> {
     let request = match item {
         Ok(request) => request,
-        Err((id, error)) => return Some(jsonrpc::failure(&id, &error, None)),
+        Err(invalid) => return Some(jsonrpc::failure(&invalid.id, &invalid.error(), None)),
     };
     let outcome = match caller {
         Some(caller) => {

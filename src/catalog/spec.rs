@@ -323,7 +323,11 @@ fn parse_method(
     if let Some(components) = components {
         params_schema["components"] = components.clone();
     }
-    let (validator, schema_error) = match jsonschema::validator_for(&params_schema) {
+    // OpenRPC 1.3 schemas are JSON Schema draft-07; nothing is ever fetched over the network.
+    let compiled = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft7)
+        .build(&params_schema);
+    let (validator, schema_error) = match compiled {
         Ok(v) => (Some(v), None),
         Err(e) => (None, Some(format!("params schema does not compile: {e}"))),
     };

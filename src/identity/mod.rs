@@ -67,7 +67,12 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .map(|c| c.0.clone());
-    match resolve(&state, &request, peer) {
+    match resolve(
+        state.config.unsigned_local,
+        state.own_uid,
+        request.headers(),
+        peer,
+    ) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
@@ -84,13 +89,12 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
 }
 
 fn resolve(
-    state: &AppState,
-    request: &Request,
+    unsigned_local: UnsignedLocal,
+    own_uid: u32,
+    headers: &http::HeaderMap,
     peer: Option<Peer>,
 ) -> Result<Principal, ExecError> {
-    if request.headers().contains_key("signature")
-        || request.headers().contains_key("signature-input")
-    {
+    if headers.contains_key("signature") || headers.contains_key("signature-input") {
         // A signature is never ignored in favour of a weaker identity.
         return Err(ExecError::Unauthenticated(
             "HTTP message signatures are not supported by this build yet".into(),
@@ -98,22 +102,20 @@ fn resolve(
     }
     match peer {
         Some(Peer::Unix { uid: Some(uid) })
-            if state.config.unsigned_local == UnsignedLocal::Owner && uid == state.own_uid =>
+            if unsigned_local == UnsignedLocal::Owner && uid == own_uid =>
         {
             Ok(Principal::local_owner(uid))
         }
-        Some(Peer::Unix { uid }) => Err(ExecError::Unauthenticated(
-            match state.config.unsigned_local {
-                UnsignedLocal::Owner => format!(
-                    "unsigned calls are accepted only from the daemon's own uid ({}); peer uid is {}: sign the request",
-                    state.own_uid,
-                    uid.map_or("unknown".to_owned(), |u| u.to_string())
-                ),
-                UnsignedLocal::Off => {
-                    "unsigned calls are disabled (unsigned_local = off): sign the request".into()
-                }
-            },
-        )),
+        Some(Peer::Unix { uid }) => Err(ExecError::Unauthenticated(match unsigned_local {
+            UnsignedLocal::Owner => format!(
+                "unsigned calls are accepted only from the daemon's own uid ({}); peer uid is {}: sign the request",
+                own_uid,
+                uid.map_or("unknown".to_owned(), |u| u.to_string())
+            ),
+            UnsignedLocal::Off => {
+                "unsigned calls are disabled (unsigned_local = off): sign the request".into()
+            }
+        })),
         Some(Peer::Tcp(_)) => Err(ExecError::Unauthenticated(
             "calls over TCP must carry an HTTP message signature (RFC 9421)".into(),
         )),
@@ -136,4 +138,37 @@ fn is_open_rpc_call(request: &Request) -> bool {
         .get::<BufferedBody>()
         .and_then(|b| serde_json::from_slice::<MethodOnly<'_>>(&b.0).ok())
         .is_some_and(|r| r.method == "rpc.discover")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_owner_uid_is_trusted_unsigned() {
+        let none = http::HeaderMap::new();
+        let unix = |uid| Some(Peer::Unix { uid: Some(uid) });
+        let owner = resolve(UnsignedLocal::Owner, 1000, &none, unix(1000)).unwrap();
+        assert_eq!(owner, Principal::local_owner(1000));
+        for (mode, peer) in [
+            (UnsignedLocal::Owner, unix(1001)),
+            (UnsignedLocal::Owner, Some(Peer::Unix { uid: None })),
+            (UnsignedLocal::Off, unix(1000)),
+            (
+                UnsignedLocal::Owner,
+                Some(Peer::Tcp(([127, 0, 0, 1], 9).into())),
+            ),
+            (UnsignedLocal::Owner, None),
+        ] {
+            assert_eq!(
+                resolve(mode, 1000, &none, peer.clone()).unwrap_err().code(),
+                -32001,
+                "{mode:?} {peer:?}"
+            );
+        }
+        // A signature is never downgraded to the peer identity.
+        let mut signed = http::HeaderMap::new();
+        signed.insert("signature", "sig1=:AAAA:".parse().unwrap());
+        assert!(resolve(UnsignedLocal::Owner, 1000, &signed, unix(1000)).is_err());
+    }
 }
