@@ -305,3 +305,51 @@ pub async fn capability_names(sock: &Path) -> Vec<String> {
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect()
 }
+
+impl Node {
+    /// Starts the real `hero_executor` binary on this node; stderr goes to `<tmp>/daemon.log`.
+    /// Waits until `/health` answers on rpc.sock.
+    pub async fn spawn_daemon(&self, extra: &[&str]) -> ChildGuard {
+        let child = self
+            .daemon_command(extra)
+            .spawn()
+            .expect("spawn hero_executor");
+        let guard = ChildGuard(child);
+        let sock = self.rpc_sock();
+        eventually("the daemon's /health", || async {
+            match UnixStream::connect(&sock).await {
+                Ok(_) => get(&sock, "/health").await.status == 200,
+                Err(_) => false,
+            }
+        })
+        .await;
+        guard
+    }
+
+    /// The command line of the real binary for this node, not yet started.
+    pub fn daemon_command(&self, extra: &[&str]) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("daemon.log"))
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hero_executor"));
+        command
+            .arg("--socket-dir")
+            .arg(self.socket_dir())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(extra)
+            .env_remove("HERO_SOCKET_DIR")
+            .env_remove("PATH_SOCKET")
+            .env_remove("HERO_EXECUTOR_DATA")
+            .stdout(Stdio::null())
+            .stderr(log);
+        command
+    }
+
+    /// What the daemon logged so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("daemon.log")).unwrap_or_default()
+    }
+}
