@@ -394,6 +394,28 @@ async fn bodies_over_the_limit_are_refused_in_the_surface_shape() {
     assert_eq!(answer.status, 413);
     assert_eq!(answer.content_type(), "application/problem+json");
     assert_eq!(answer.json()["code"], -32600);
+    // Without a Content-Length (chunked), the limit holds while reading.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(node.rpc_sock())
+        .await
+        .unwrap();
+    let head =
+        "POST /rpc HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = "x".repeat(512);
+    for _ in 0..4 {
+        let written = stream
+            .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .await;
+        if written.is_err() {
+            break; // the server may answer and close before we finish
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("-32600"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
