@@ -201,3 +201,48 @@ async fn an_unusable_socket_dir_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Signals when dropped: tells the test a handler future was cancelled.
+struct DropSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_hanging_up_cancels_the_forwarded_call() {
+    let node = Node::new();
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<tokio::sync::oneshot::Receiver<()>>();
+    let router = Router::new().route(
+        "/rpc",
+        post(move |body: String| {
+            let arrived = arrived_tx.clone();
+            async move {
+                let request: Value = serde_json::from_str(&body).unwrap();
+                if request["method"] == "rpc.discover" {
+                    let spec = json!({"openrpc": "1.3.2", "info": {"title": "t", "version": "1"}, "methods": [{"name": "hold", "params": []}]});
+                    return json!({"jsonrpc": "2.0", "id": request["id"], "result": spec}).to_string();
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _guard = DropSignal(Some(tx));
+                let _ = arrived.send(rx);
+                std::future::pending::<String>().await
+            }
+        }),
+    );
+    let _stub = node.serve_stub("slow", router).await;
+    let _executor = node.start(node.config()).await;
+
+    let sock = node.rpc_sock();
+    let caller = tokio::spawn(async move { rpc(&sock, "slow.hold", json!({})).await });
+    let cancelled = arrived.recv().await.expect("the call reached the target");
+    caller.abort(); // the caller goes away: its connection closes
+    tokio::time::timeout(DEADLINE, cancelled)
+        .await
+        .expect("the target's handler was dropped: the executor abandoned the call")
+        .unwrap();
+}
