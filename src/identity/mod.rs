@@ -7,6 +7,7 @@
 //! (3) otherwise 401 with an `Accept-Signature` header saying what to sign.
 
 pub mod context;
+pub mod signature;
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
