@@ -53,6 +53,14 @@ pub struct Cli {
     /// How long in-flight calls may take to finish on SIGTERM/SIGINT, in seconds
     #[arg(long, default_value_t = 10)]
     pub drain_timeout_secs: u64,
+
+    /// Request signatures older than this (their `created`) are refused, in seconds
+    #[arg(long, default_value_t = 300)]
+    pub signature_max_age_secs: u64,
+
+    /// Require a `nonce` on request signatures (replays are refused)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_nonce: bool,
 }
 
 impl Cli {
@@ -68,6 +76,9 @@ impl Cli {
         config.unsigned_local = self.unsigned_local;
         config.catalog_refresh = Duration::from_secs(self.catalog_refresh_secs.max(1));
         config.drain_timeout = Duration::from_secs(self.drain_timeout_secs);
+        config.signatures.max_age = Duration::from_secs(self.signature_max_age_secs.max(1));
+        config.signatures.require_nonce = self.require_nonce;
+
         Ok(config)
     }
 }

@@ -45,6 +45,8 @@ pub struct Config {
     pub catalog_refresh: Duration,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// Request signature freshness and replay rules.
+    pub signatures: crate::identity::verify::SignatureRules,
 }
 
 impl Config {
@@ -62,6 +64,7 @@ impl Config {
             unsigned_local: UnsignedLocal::Owner,
             catalog_refresh: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            signatures: Default::default(),
         }
     }
 

@@ -12,6 +12,8 @@ use serde_json::Value;
 
 use crate::catalog::{Catalog, Lookup};
 use crate::error::ExecError;
+use crate::identity::registry::Registry;
+
 use crate::intent::{Caller, CapabilityName, Intent, Outcome, Surface};
 use crate::methods;
 use crate::upstream::{ForwardHeaders, Upstream};
@@ -19,18 +21,30 @@ use crate::upstream::{ForwardHeaders, Upstream};
 /// Routes intents to the executor's own methods or to target services.
 pub struct Dispatcher {
     catalog: Arc<Catalog>,
+    registry: Arc<Registry>,
     upstream: Upstream,
     call_timeout: Duration,
 }
 
 impl Dispatcher {
     /// A dispatcher over `catalog`, forwarding through `upstream`.
-    pub fn new(catalog: Arc<Catalog>, upstream: Upstream, call_timeout: Duration) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        registry: Arc<Registry>,
+        upstream: Upstream,
+        call_timeout: Duration,
+    ) -> Self {
         Self {
             catalog,
+            registry,
             upstream,
             call_timeout,
         }
+    }
+
+    /// The key registry (managed through `keys.*`).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// The catalog this dispatcher resolves capabilities in.

@@ -71,6 +71,12 @@ pub enum ExecError {
     /// A capability, run or key that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The request conflicts with existing state (a keyid already enrolled, a run already decided).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The identity is not enrolled, or may not act in the requested context.
+    #[error("{0}")]
+    NotEnrolled(String),
     /// The target service has no socket or refuses connections.
     #[error("target unavailable: {0}")]
     TargetUnavailable(String),
@@ -111,6 +117,8 @@ impl ExecError {
             Self::Unauthenticated(_) => code::UNAUTHENTICATED,
             Self::Denied(_) => code::PERMISSION_DENIED,
             Self::NotFound(_) => code::NOT_FOUND,
+            Self::Conflict(_) => code::CONFLICT,
+            Self::NotEnrolled(_) => code::NOT_ENROLLED,
             Self::TargetUnavailable(_) => code::TARGET_UNAVAILABLE,
             Self::TargetTimeout(_) => code::TARGET_TIMEOUT,
             Self::TargetProtocol(_) => code::TARGET_PROTOCOL,
@@ -170,7 +178,8 @@ impl ExecError {
             Self::InvalidParams { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::Denied(_) | Self::NotEnrolled(_) => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TargetUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::TargetProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -196,6 +205,9 @@ impl ExecError {
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Denied(_) => "permission-denied",
             Self::NotFound(_) => "not-found",
+            Self::Conflict(_) => "conflict",
+            Self::NotEnrolled(_) => "not-enrolled",
+
             Self::TargetUnavailable(_) => "target-unavailable",
             Self::TargetTimeout(_) => "target-timeout",
             Self::TargetProtocol(_) => "target-protocol-error",

@@ -104,6 +104,8 @@ pub struct Principal {
     pub id: String,
     /// The most this principal may ever hold.
     pub ceiling: Claims,
+    /// Contexts this principal may act in; `None` means any.
+    pub contexts: Option<BTreeSet<u64>>,
 }
 
 impl Principal {
@@ -112,6 +114,7 @@ impl Principal {
         Self {
             id: format!("uid:{uid}"),
             ceiling: Claims::All,
+            contexts: None,
         }
     }
 }

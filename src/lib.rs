@@ -22,6 +22,7 @@ pub mod adapters;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod dispatch;
 pub mod error;
 pub mod identity;
@@ -49,6 +50,9 @@ use catalog::Catalog;
 use config::Config;
 use dispatch::Dispatcher;
 use error::ExecError;
+use identity::registry::Registry;
+use identity::respond::ServerKey;
+use identity::verify::Verifier;
 use upstream::Upstream;
 
 /// The service name in the hero socket convention.
@@ -60,30 +64,53 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The executor's own OpenRPC document, embedded at build time and served byte for byte.
 pub const OPENRPC_JSON: &str = include_str!("../openrpc.json");
 
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Shared state of every router.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub dispatcher: Arc<Dispatcher>,
+    /// Verifies request signatures against the key registry.
+    pub verifier: Arc<Verifier>,
+    /// Signs responses.
+    pub server_key: Arc<ServerKey>,
     /// The daemon's effective uid: unsigned local peers with this uid are the owner.
     pub own_uid: u32,
 }
 
 impl AppState {
-    /// Builds the core (upstream client, catalog, dispatcher) for `config`.
-    pub fn new(config: Config) -> Self {
+    /// Opens the database in the data dir (which must exist: [`server::bind`] creates it),
+    /// loads the key registry and the executor's key, and builds the core.
+    pub fn new(config: Config) -> Result<Self, String> {
+        let db_path = config.data_dir.join("hero_executor.db");
+        let db = db::Db::open(&db_path).map_err(|e| format!("{}: {e}", db_path.display()))?;
+        let registry = Arc::new(Registry::load(db).map_err(|e| e.to_string())?);
+        let server_key = Arc::new(ServerKey::load_or_create(&config.data_dir)?);
         let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes);
         let catalog = Arc::new(Catalog::new(
             upstream.clone(),
             config.socket_dir.clone(),
             config.discover_timeout,
         ));
-        let dispatcher = Arc::new(Dispatcher::new(catalog, upstream, config.call_timeout));
-        Self {
+        let dispatcher = Arc::new(Dispatcher::new(
+            catalog,
+            registry.clone(),
+            upstream,
+            config.call_timeout,
+        ));
+        Ok(Self {
+            verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
             config: Arc::new(config),
             dispatcher,
+            server_key,
             own_uid: rustix::process::geteuid().as_raw(),
-        }
+        })
     }
 }
 
@@ -134,8 +161,10 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         }))
         // Bodies are buffered once under the limit, before anything reads them.
         .layer(from_fn_with_state(state.config.max_body_bytes, limits::buffer_body))
-        // Who is asking: needs the buffered body (open rpc.discover, signatures later).
+        // Who is asking: needs the buffered body (open rpc.discover, content digests).
         .layer(from_fn_with_state(state.clone(), identity::identify))
+        // Every authenticated answer is signed, including rejections from the layers below.
+        .layer(from_fn_with_state(state.clone(), identity::respond::sign_response))
         // Hero context and claims narrow the verified principal into a Caller.
         .layer(from_fn(identity::context::hero_context));
     routes

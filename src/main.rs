@@ -34,7 +34,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        server::run(AppState::new(config), bound, server::termination_signal()).await;
+        let state = match AppState::new(config) {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("hero_executor: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        server::run(state, bound, server::termination_signal()).await;
         ExitCode::SUCCESS
     })
 }

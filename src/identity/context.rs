@@ -49,6 +49,19 @@ fn caller(
             ))
         })?,
     };
+    if let Some(allowed) = &principal.contexts
+        && !allowed.contains(&context)
+    {
+        return Err(ExecError::NotEnrolled(format!(
+            "{} may not act in context {context} (allowed: {})",
+            principal.id,
+            allowed
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let requested = single(headers, "x-hero-claims")?
         .map(|v| {
             Claims::parse(v).map_err(|e| ExecError::InvalidRequest(format!("X-Hero-Claims: {e}")))

@@ -2,12 +2,15 @@
 //!
 //! The identity layer resolves every request, except the open discovery routes, to a
 //! verified [`Principal`] and inserts it into the request extensions. Resolution order:
-//! (1) an HTTP message signature (not yet implemented: a signed request is refused, never
-//! downgraded); (2) an unsigned request over a Unix socket from a trusted peer uid;
-//! (3) otherwise 401 with an `Accept-Signature` header saying what to sign.
+//! (1) an HTTP message signature ([`verify`]): verified against the key registry, or
+//! refused; never downgraded; (2) an unsigned request over a Unix socket from a trusted
+//! peer uid; (3) otherwise 401 with an `Accept-Signature` header saying what to sign.
 
 pub mod context;
+pub mod registry;
+pub mod respond;
 pub mod signature;
+pub mod verify;
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
@@ -64,43 +67,60 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
     if is_open_route(path) || is_open_rpc_call(&request) {
         return next.run(request).await;
     }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|c| c.0.clone());
-    match resolve(
-        state.config.unsigned_local,
-        state.own_uid,
-        request.headers(),
-        peer,
-    ) {
+    let signed = request.headers().contains_key("signature")
+        || request.headers().contains_key("signature-input");
+    let resolved = if signed {
+        // A signature is verified or refused; it never falls back to the peer identity.
+        let body = request
+            .extensions()
+            .get::<BufferedBody>()
+            .map(|b| b.0.clone())
+            .unwrap_or_default();
+        state
+            .verifier
+            .verify(
+                request.method(),
+                request.uri(),
+                request.headers(),
+                &body,
+                crate::now_unix(),
+            )
+            .map(|(principal, verified)| {
+                request.extensions_mut().insert(verified);
+                principal
+            })
+    } else {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0.clone());
+        resolve_unsigned(state.config.unsigned_local, state.own_uid, peer)
+    };
+    match resolved {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(error) => {
-            let mut response = reject(path, error);
-            response.headers_mut().insert(
-                "accept-signature",
-                HeaderValue::from_static(ACCEPT_SIGNATURE),
-            );
+            let mut response = reject(request.uri().path(), error);
+            if response.status() == http::StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    "accept-signature",
+                    HeaderValue::from_static(ACCEPT_SIGNATURE),
+                );
+            }
             response
         }
     }
 }
 
-fn resolve(
+/// Step 2 of identity resolution: an unsigned request is trusted only from the daemon's
+/// own uid over a Unix socket, and only while `unsigned_local = owner`.
+fn resolve_unsigned(
     unsigned_local: UnsignedLocal,
     own_uid: u32,
-    headers: &http::HeaderMap,
     peer: Option<Peer>,
 ) -> Result<Principal, ExecError> {
-    if headers.contains_key("signature") || headers.contains_key("signature-input") {
-        // A signature is never ignored in favour of a weaker identity.
-        return Err(ExecError::Unauthenticated(
-            "HTTP message signatures are not supported by this build yet".into(),
-        ));
-    }
     match peer {
         Some(Peer::Unix { uid: Some(uid) })
             if unsigned_local == UnsignedLocal::Owner && uid == own_uid =>
@@ -147,9 +167,8 @@ mod tests {
 
     #[test]
     fn only_the_owner_uid_is_trusted_unsigned() {
-        let none = http::HeaderMap::new();
         let unix = |uid| Some(Peer::Unix { uid: Some(uid) });
-        let owner = resolve(UnsignedLocal::Owner, 1000, &none, unix(1000)).unwrap();
+        let owner = resolve_unsigned(UnsignedLocal::Owner, 1000, unix(1000)).unwrap();
         assert_eq!(owner, Principal::local_owner(1000));
         for (mode, peer) in [
             (UnsignedLocal::Owner, unix(1001)),
@@ -162,14 +181,12 @@ mod tests {
             (UnsignedLocal::Owner, None),
         ] {
             assert_eq!(
-                resolve(mode, 1000, &none, peer.clone()).unwrap_err().code(),
+                resolve_unsigned(mode, 1000, peer.clone())
+                    .unwrap_err()
+                    .code(),
                 -32001,
                 "{mode:?} {peer:?}"
             );
         }
-        // A signature is never downgraded to the peer identity.
-        let mut signed = http::HeaderMap::new();
-        signed.insert("signature", "sig1=:AAAA:".parse().unwrap());
-        assert!(resolve(UnsignedLocal::Owner, 1000, &signed, unix(1000)).is_err());
     }
 }

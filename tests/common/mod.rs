@@ -62,7 +62,8 @@ impl Node {
         let bound = server::bind(&config).await.expect("bind");
         let tcp = bound.tcp_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(AppState::new(config), bound, async {
+        let state = AppState::new(config).expect("state");
+        let task = tokio::spawn(server::run(state, bound, async {
             let _ = rx.await;
         }));
         Executor {

@@ -1,0 +1,164 @@
+//! Signed responses (DESIGN section 6): the executor's own Ed25519 key signs every
+//! authenticated response, covering `@status`, `content-type`, `content-digest`, and,
+//! when the request was signed, the request's `@method`, `@path` and signature (`;req`),
+//! so a caller can prove what the executor answered to which request.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+
+use super::signature::{self, MessageView};
+use super::verify::VerifiedSignature;
+use crate::AppState;
+use crate::intent::Principal;
+
+/// The signature label of every response signature.
+pub const RESPONSE_LABEL: &str = "hero_executor";
+
+/// The executor's own signing key, kept in the data dir (mode 0600).
+pub struct ServerKey {
+    pub keyid: String,
+    signing: SigningKey,
+}
+
+impl ServerKey {
+    /// Loads `<data_dir>/executor_ed25519.pem`, generating it on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<Self, String> {
+        let path = data_dir.join("executor_ed25519.pem");
+        let signing = if path.exists() {
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| format!("{} is not an Ed25519 PKCS#8 key: {e}", path.display()))?
+        } else {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let pem = key
+                .to_pkcs8_pem(Default::default())
+                .map_err(|e| format!("cannot encode the executor key: {e}"))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            file.write_all(pem.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated the executor's signing key");
+            key
+        };
+        Ok(Self::from_signing_key(signing))
+    }
+
+    /// Wraps a key; the keyid is derived from the public key.
+    pub fn from_signing_key(signing: SigningKey) -> Self {
+        let fingerprint = hex::encode(Sha256::digest(signing.verifying_key().as_bytes()));
+        Self {
+            keyid: format!("hero_executor:{}", &fingerprint[..16]),
+            signing,
+        }
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// `{keyid, alg, public_key_pem}`, as published in `heroservice.json`.
+    pub fn description(&self) -> serde_json::Value {
+        serde_json::json!({
+            "keyid": self.keyid,
+            "alg": "ed25519",
+            "public_key_pem": signature::public_key_pem(&self.verifying_key()),
+        })
+    }
+}
+
+/// Signs the responses of authenticated requests (those that carry a [`Principal`]).
+pub async fn sign_response(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.extensions().get::<Principal>().is_none() {
+        return next.run(request).await;
+    }
+    let verified = request.extensions().get::<VerifiedSignature>().cloned();
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let request_headers = match verified {
+        Some(_) => request.headers().clone(),
+        None => Default::default(),
+    };
+    let response = next.run(request).await;
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        tracing::error!("could not read a response body to sign it");
+        return crate::adapters::reject(
+            uri.path(),
+            crate::error::ExecError::Internal("unreadable response body".into()),
+        );
+    };
+    let digest = signature::content_digest(&bytes);
+    parts.headers.insert(
+        "content-digest",
+        HeaderValue::from_str(&digest).expect("base64 is visible ASCII"),
+    );
+
+    let mut components = vec!["\"@status\"".to_owned()];
+    if parts.headers.contains_key(http::header::CONTENT_TYPE) {
+        components.push("\"content-type\"".to_owned());
+    }
+    components.push("\"content-digest\"".to_owned());
+    if let Some(v) = &verified {
+        components.push("\"@method\";req".to_owned());
+        components.push("\"@path\";req".to_owned());
+        components.push(format!("\"signature\";req;key=\"{}\"", v.label));
+    }
+    let key = &state.server_key;
+    let signed = (|| {
+        let refs: Vec<&str> = components.iter().map(String::as_str).collect();
+        let inner = signature::params_inner_list(&refs, crate::now_unix(), None, None, &key.keyid)?;
+        let params_line = signature::serialize_inner_list(&inner)?;
+        let response_view = MessageView {
+            method: &method,
+            uri: &uri,
+            headers: &parts.headers,
+            scheme: "http",
+            status: Some(parts.status.as_u16()),
+        };
+        let request_view = MessageView {
+            headers: &request_headers,
+            status: None,
+            ..response_view
+        };
+        let base = signature::signature_base(
+            &response_view,
+            Some(&request_view),
+            &inner.items,
+            &params_line,
+        )?;
+        Ok::<_, signature::SigError>((params_line, signature::sign_ed25519(&key.signing, &base)))
+    })();
+    match signed {
+        Ok((params_line, sig)) => {
+            let input = format!("{RESPONSE_LABEL}={params_line}");
+            let sig = format!("{RESPONSE_LABEL}={}", signature::byte_sequence(&sig));
+            if let (Ok(input), Ok(sig)) =
+                (HeaderValue::from_str(&input), HeaderValue::from_str(&sig))
+            {
+                parts.headers.insert("signature-input", input);
+                parts.headers.insert("signature", sig);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not sign a response"),
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
