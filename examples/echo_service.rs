@@ -40,9 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--name" => name = args.next().ok_or("--name needs a value")?,
-            "--socket-dir" => {
-                socket_dir = Some(args.next().ok_or("--socket-dir needs a value")?.into())
-            }
+            "--socket-dir" => socket_dir = Some(args.next().ok_or("--socket-dir needs a value")?.into()),
             "-h" | "--help" => {
                 println!("echo_service [--name NAME] [--socket-dir DIR]");
                 return Ok(());
@@ -66,70 +64,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         counter: AtomicI64::new(0),
     });
     let app = Router::new()
-        .route("/health", get(|State(s): State<Arc<Service>>| async move {
-            axum::Json(json!({"status": "ok", "service": s.name, "version": "0.1.0"}))
-        }))
-        .route("/.well-known/heroservice.json", get(|State(s): State<Arc<Service>>| async move {
-            axum::Json(json!({
-                "protocol": "openrpc", "name": s.name, "title": "Echo example service",
-                "version": "0.1.0", "description": "hero_executor's example service", "socket": "rpc",
-            }))
-        }))
-        .route("/openrpc.json", get(|State(s): State<Arc<Service>>| async move {
-            ([(header::CONTENT_TYPE, "application/json")], s.spec.clone())
-        }))
+        .route(
+            "/health",
+            get(|State(s): State<Arc<Service>>| async move {
+                axum::Json(json!({"status": "ok", "service": s.name, "version": "0.1.0"}))
+            }),
+        )
+        .route(
+            "/.well-known/heroservice.json",
+            get(|State(s): State<Arc<Service>>| async move {
+                axum::Json(json!({
+                    "protocol": "openrpc", "name": s.name, "title": "Echo example service",
+                    "version": "0.1.0", "description": "hero_executor's example service", "socket": "rpc",
+                }))
+            }),
+        )
+        .route(
+            "/openrpc.json",
+            get(|State(s): State<Arc<Service>>| async move {
+                ([(header::CONTENT_TYPE, "application/json")], s.spec.clone())
+            }),
+        )
         .route("/rpc", post(rpc))
         .with_state(service);
 
     println!("echo_service: listening on {}", socket.display());
     let stop = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(stop).await?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 
 async fn rpc(State(s): State<Arc<Service>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return reply(
-            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}}),
-        );
+        return reply(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}}));
     };
     let id = request.get("id").cloned().unwrap_or(Value::Null);
     let params = request.get("params").cloned().unwrap_or(json!({}));
-    let method = request
-        .get("method")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let method = request.get("method").and_then(Value::as_str).unwrap_or_default();
     let result = match method {
         "rpc.discover" => Ok(serde_json::from_str::<Value>(&s.spec).unwrap_or(Value::Null)),
         "echo" => Ok(params),
         "whoami" => {
-            let h = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
+            let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
             Ok(json!({
                 "context": h("x-hero-context"), "claims": h("x-hero-claims"), "user": h("x-hero-user"),
                 "run_id": h("x-hero-run-id"), "traceparent": h("traceparent"),
             }))
         }
         "sleep" => {
-            let ms = params
-                .get("ms")
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-                .min(600_000);
+            let ms = params.get("ms").and_then(Value::as_u64).unwrap_or(0).min(600_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(json!({"slept_ms": ms}))
         }
@@ -156,11 +146,7 @@ async fn rpc(State(s): State<Arc<Service>>, headers: HeaderMap, body: Bytes) -> 
 }
 
 fn reply(body: Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// The service's OpenRPC document, with `x-hero-intent` on every method.

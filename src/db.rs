@@ -68,10 +68,7 @@ impl Db {
     }
 
     /// Runs `f` with the connection on the current thread (start-up only).
-    pub fn call_blocking<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, DbError> {
+    pub fn call_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, DbError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn).map_err(DbError::from)
     }

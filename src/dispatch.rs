@@ -28,12 +28,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher over `catalog`, forwarding through `upstream`.
-    pub fn new(
-        catalog: Arc<Catalog>,
-        registry: Arc<Registry>,
-        upstream: Upstream,
-        call_timeout: Duration,
-    ) -> Self {
+    pub fn new(catalog: Arc<Catalog>, registry: Arc<Registry>, upstream: Upstream, call_timeout: Duration) -> Self {
         Self {
             catalog,
             registry,
@@ -53,13 +48,7 @@ impl Dispatcher {
     }
 
     /// Answers one JSON-RPC method call from any surface.
-    pub async fn call(
-        &self,
-        caller: &Caller,
-        surface: Surface,
-        method: &str,
-        params: Option<Value>,
-    ) -> Outcome {
+    pub async fn call(&self, caller: &Caller, surface: Surface, method: &str, params: Option<Value>) -> Outcome {
         if methods::is_reserved(method) {
             return methods::handle(self, caller, surface, method, params).await;
         }
@@ -84,10 +73,7 @@ impl Dispatcher {
         let capability = match self.catalog.lookup(service, method).await {
             Lookup::Found(capability) => capability,
             Lookup::UnknownMethod | Lookup::UnknownService => {
-                return Err(ExecError::NotFound(format!(
-                    "no capability {}",
-                    intent.capability
-                )));
+                return Err(ExecError::NotFound(format!("no capability {}", intent.capability)));
             }
             Lookup::Unavailable(why) => return Err(ExecError::TargetUnavailable(why)),
         };
@@ -102,13 +88,7 @@ impl Dispatcher {
         };
         tracing::debug!(capability = %capability.name, run_id = %headers.run_id, "forwarding");
         self.upstream
-            .call(
-                service,
-                method,
-                intent.params.as_ref(),
-                &headers,
-                self.call_timeout,
-            )
+            .call(service, method, intent.params.as_ref(), &headers, self.call_timeout)
             .await
     }
 }
@@ -126,11 +106,8 @@ fn child_traceparent(parent: Option<&str>) -> String {
 /// Whether `value` is a well-formed version-00 `traceparent`.
 pub fn valid_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     parts.len() == 4
         && parts[0] == "00"
         && hex(parts[1], 32)

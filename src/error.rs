@@ -55,10 +55,7 @@ pub enum ExecError {
     MethodNotFound(String),
     /// Params do not match the method's schema.
     #[error("invalid params: {message}")]
-    InvalidParams {
-        message: String,
-        details: Vec<ParamError>,
-    },
+    InvalidParams { message: String, details: Vec<ParamError> },
     /// A bug or an unexpected failure inside the executor; the detail is only logged.
     #[error("internal error")]
     Internal(String),
@@ -108,9 +105,7 @@ impl ExecError {
     pub fn code(&self) -> i64 {
         match self {
             Self::Parse(_) => code::PARSE_ERROR,
-            Self::InvalidRequest(_) | Self::TooLarge(_) | Self::HttpMethodNotAllowed(_) => {
-                code::INVALID_REQUEST
-            }
+            Self::InvalidRequest(_) | Self::TooLarge(_) | Self::HttpMethodNotAllowed(_) => code::INVALID_REQUEST,
             Self::MethodNotFound(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams { .. } => code::INVALID_PARAMS,
             Self::Internal(_) => code::INTERNAL_ERROR,
@@ -138,9 +133,7 @@ impl ExecError {
     /// Structured data for the client, if any (`run_id` is added by the caller).
     fn data(&self) -> Option<Value> {
         match self {
-            Self::InvalidParams { details, .. } if !details.is_empty() => {
-                Some(json!({ "errors": details }))
-            }
+            Self::InvalidParams { details, .. } if !details.is_empty() => Some(json!({ "errors": details })),
             Self::Target { data, .. } => data.clone(),
             _ => None,
         }
@@ -155,9 +148,7 @@ impl ExecError {
                     map.insert("run_id".into(), Value::String(run_id.to_owned()));
                 }
                 // A target's non-object data is kept under `target_data`.
-                Some(other) => {
-                    data = Some(json!({ "target_data": other.take(), "run_id": run_id }))
-                }
+                Some(other) => data = Some(json!({ "target_data": other.take(), "run_id": run_id })),
                 None => data = Some(json!({ "run_id": run_id })),
             }
         }

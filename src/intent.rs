@@ -40,9 +40,7 @@ impl Claims {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
             {
-                return Err(format!(
-                    "invalid claim {claim:?}: use letters, digits, _ - . :"
-                ));
+                return Err(format!("invalid claim {claim:?}: use letters, digits, _ - . :"));
             }
             set.insert(claim.to_owned());
         }
@@ -63,9 +61,7 @@ impl Claims {
             (ceiling, None) => ceiling.clone(),
             (Self::All, Some(req)) => req.clone(),
             (Self::Only(_), Some(Self::All)) => self.clone(),
-            (Self::Only(have), Some(Self::Only(want))) => {
-                Self::Only(have.intersection(want).cloned().collect())
-            }
+            (Self::Only(have), Some(Self::Only(want))) => Self::Only(have.intersection(want).cloned().collect()),
         }
     }
 
@@ -157,9 +153,7 @@ impl CapabilityName {
     /// path could be built from it.
     pub fn parse(name: &str) -> Result<Self, String> {
         let Some((service, method)) = name.split_once('.') else {
-            return Err(format!(
-                "{name:?} is not a capability: expected <service>.<method>"
-            ));
+            return Err(format!("{name:?} is not a capability: expected <service>.<method>"));
         };
         if !is_service_name(service) {
             return Err(format!(
@@ -185,8 +179,7 @@ impl fmt::Display for CapabilityName {
 /// Whether `name` is a valid hero service name (`^[a-z][a-z0-9_]*$`).
 pub fn is_service_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+    matches!(chars.next(), Some('a'..='z')) && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
 }
 
 /// A normalized request to run one capability on a target service.
@@ -217,10 +210,7 @@ mod tests {
         assert!(CapabilityName::parse("../etc.passwd").is_err());
         assert!(CapabilityName::parse("noservice").is_err());
         let cap = CapabilityName::parse("hero_agent.chat.send").unwrap();
-        assert_eq!(
-            (cap.service.as_str(), cap.method.as_str()),
-            ("hero_agent", "chat.send")
-        );
+        assert_eq!((cap.service.as_str(), cap.method.as_str()), ("hero_agent", "chat.send"));
     }
 
     #[test]

@@ -45,16 +45,12 @@ pub enum Incoming {
 pub fn parse_body(body: &[u8], max_batch: usize) -> Result<Incoming, ExecError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| ExecError::Parse(e.to_string()))?;
     match value {
-        Value::Array(items) if items.is_empty() => {
-            Err(ExecError::InvalidRequest("empty batch".into()))
-        }
+        Value::Array(items) if items.is_empty() => Err(ExecError::InvalidRequest("empty batch".into())),
         Value::Array(items) if items.len() > max_batch => Err(ExecError::InvalidRequest(format!(
             "batch of {} requests exceeds the limit of {max_batch}",
             items.len()
         ))),
-        Value::Array(items) => Ok(Incoming::Batch(
-            items.into_iter().map(parse_request).collect(),
-        )),
+        Value::Array(items) => Ok(Incoming::Batch(items.into_iter().map(parse_request).collect())),
         other => Ok(Incoming::Single(parse_request(other))),
     }
 }
@@ -150,8 +146,7 @@ mod tests {
         let err = parse_request(json!({"jsonrpc": "1.0", "id": 7, "method": "x"})).unwrap_err();
         assert_eq!(err.id, json!(7));
         assert_eq!(err.error().code(), -32600);
-        let err = parse_request(json!({"jsonrpc": "2.0", "id": "a", "method": "x", "params": 3}))
-            .unwrap_err();
+        let err = parse_request(json!({"jsonrpc": "2.0", "id": "a", "method": "x", "params": 3})).unwrap_err();
         assert_eq!(err.id, json!("a"));
     }
 

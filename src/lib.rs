@@ -181,7 +181,6 @@ async fn not_found(request: axum::extract::Request) -> Response {
 
 async fn method_not_allowed(request: axum::extract::Request) -> Response {
     let path = request.uri().path();
-    let error =
-        ExecError::HttpMethodNotAllowed(format!("{} is not allowed on {path}", request.method()));
+    let error = ExecError::HttpMethodNotAllowed(format!("{} is not allowed on {path}", request.method()));
     adapters::reject(path, error)
 }

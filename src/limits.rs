@@ -44,8 +44,7 @@ pub async fn buffer_body(State(limit): State<usize>, request: Request, next: Nex
         }
     };
     parts.extensions.insert(BufferedBody(bytes.clone()));
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {

@@ -10,13 +10,12 @@ use serde_json::{Value, json};
 
 use crate::dispatch::Dispatcher;
 use crate::error::ExecError;
+use crate::identity::registry::NewKey;
 use crate::intent::{Caller, CapabilityName, Intent, Outcome, Surface, is_service_name};
 use crate::jsonrpc::raw;
 
 /// First segments no target service may use.
-pub const RESERVED_NAMESPACES: &[&str] = &[
-    "rpc", "execute", "catalog", "runs", "policy", "keys", "executor",
-];
+pub const RESERVED_NAMESPACES: &[&str] = &["rpc", "execute", "catalog", "runs", "policy", "keys", "executor"];
 
 /// Every method this module answers.
 pub const METHODS: &[&str] = &[
@@ -27,7 +26,13 @@ pub const METHODS: &[&str] = &[
     "catalog.describe",
     "catalog.refresh",
     "catalog.openrpc",
+    "keys.list",
+    "keys.add",
+    "keys.revoke",
 ];
+
+/// The claim that lets a principal manage keys and the executor itself.
+pub const ADMIN_CLAIM: &str = "executor.admin";
 
 /// Whether `method` belongs to the executor rather than to a target service.
 pub fn is_reserved(method: &str) -> bool {
@@ -42,19 +47,12 @@ pub fn discover() -> Outcome {
 }
 
 /// Answers one of the executor's own methods.
-pub async fn handle(
-    d: &Dispatcher,
-    caller: &Caller,
-    surface: Surface,
-    method: &str,
-    params: Option<Value>,
-) -> Outcome {
+pub async fn handle(d: &Dispatcher, caller: &Caller, surface: Surface, method: &str, params: Option<Value>) -> Outcome {
     match method {
         "rpc.discover" => discover(),
         "execute" => {
             let p: ExecuteParams = parse(method, params)?;
-            let capability =
-                CapabilityName::parse(&p.capability).map_err(ExecError::invalid_params)?;
+            let capability = CapabilityName::parse(&p.capability).map_err(ExecError::invalid_params)?;
             if is_reserved(&p.capability) {
                 return Err(ExecError::invalid_params(format!(
                     "{} is one of the executor's own methods: call it directly",
@@ -75,9 +73,7 @@ pub async fn handle(
             if let Some(service) = &p.service
                 && !is_service_name(service)
             {
-                return Err(ExecError::invalid_params(format!(
-                    "invalid service name {service:?}"
-                )));
+                return Err(ExecError::invalid_params(format!("invalid service name {service:?}")));
             }
             let snapshot = d.catalog().snapshot();
             let wanted = |name: &str| p.service.as_deref().is_none_or(|s| s == name);
@@ -144,10 +140,44 @@ pub async fn handle(
             let snapshot = d.catalog().snapshot();
             Ok(raw(&snapshot.openrpc(snapshot.capabilities())))
         }
+        "keys.list" => {
+            require_admin(caller, method)?;
+            let _: NoParams = parse(method, params)?;
+            let keys: Vec<Value> = d.registry().list().iter().map(|k| k.to_json()).collect();
+            Ok(raw(&json!({ "keys": keys })))
+        }
+        "keys.add" => {
+            require_admin(caller, method)?;
+            let new: NewKey = parse(method, params)?;
+            Ok(raw(&d.registry().add(new).await?.to_json()))
+        }
+        "keys.revoke" => {
+            require_admin(caller, method)?;
+            let p: RevokeParams = parse(method, params)?;
+            Ok(raw(&d.registry().revoke(&p.keyid).await?.to_json()))
+        }
         _ => Err(ExecError::MethodNotFound(format!(
             "the executor has no method {method:?}"
         ))),
     }
+}
+
+/// Built-in rule: managing keys needs the `executor.admin` claim (full trust holds it).
+fn require_admin(caller: &Caller, method: &str) -> Result<(), ExecError> {
+    if caller.claims.holds(ADMIN_CLAIM) {
+        return Ok(());
+    }
+    Err(ExecError::Denied(format!(
+        "{method} needs the {ADMIN_CLAIM} claim; {} holds {}",
+        caller.principal.id, caller.claims
+    )))
+}
+
+/// Params of `keys.revoke`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeParams {
+    keyid: String,
 }
 
 /// Params of `execute`.

@@ -29,21 +29,11 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("hero_executor is already running on {} (pid {pid}); lock file {}", dir.display(), lock.display())]
-    AlreadyRunning {
-        dir: PathBuf,
-        pid: String,
-        lock: PathBuf,
-    },
+    AlreadyRunning { dir: PathBuf, pid: String, lock: PathBuf },
     #[error("cannot use lock file {}: {source}", path.display())]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Lock { path: PathBuf, source: std::io::Error },
     #[error("cannot bind {}: {source}", path.display())]
-    Bind {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Bind { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Tcp {
         addr: std::net::SocketAddr,
@@ -88,11 +78,9 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
             path: path.clone(),
             source,
         })?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).map_err(|source| {
-            StartError::Bind {
-                path: path.clone(),
-                source,
-            }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).map_err(|source| StartError::Bind {
+            path: path.clone(),
+            source,
         })?;
         sockets.push(path);
         Ok(listener)
@@ -185,11 +173,7 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
         }
     };
     servers.spawn(serve_unix(bound.rpc, rpc_router(state.clone()), stopped()));
-    servers.spawn(serve_unix(
-        bound.rest,
-        rest_router(state.clone()),
-        stopped(),
-    ));
+    servers.spawn(serve_unix(bound.rest, rest_router(state.clone()), stopped()));
     if let Some(tcp) = bound.tcp {
         let app = tcp_router(state.clone()).into_make_service_with_connect_info::<Peer>();
         let stop = stopped();
@@ -226,16 +210,9 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
     tracing::info!("stopped");
 }
 
-async fn serve_unix(
-    listener: UnixListener,
-    app: Router,
-    stop: impl Future<Output = ()> + Send + 'static,
-) {
+async fn serve_unix(listener: UnixListener, app: Router, stop: impl Future<Output = ()> + Send + 'static) {
     let app = app.into_make_service_with_connect_info::<Peer>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
         tracing::error!(error = %e, "server error");
     }
 }
@@ -243,10 +220,7 @@ async fn serve_unix(
 /// Completes on SIGTERM or SIGINT.
 pub async fn termination_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -102,9 +102,7 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Box<RawValue>, ExecError> {
         let body = jsonrpc::request(&headers.run_id, method, params);
-        let bytes = self
-            .exchange(service, &body, Some(headers), timeout)
-            .await?;
+        let bytes = self.exchange(service, &body, Some(headers), timeout).await?;
         parse_answer(service, &bytes)
     }
 
@@ -118,11 +116,8 @@ impl Upstream {
             result: Option<&'a serde_json::value::RawValue>,
             error: Option<Value>,
         }
-        let answer: Answer<'_> = serde_json::from_slice(&bytes).map_err(|e| {
-            ExecError::TargetProtocol(format!(
-                "{service}: rpc.discover answer is not JSON-RPC: {e}"
-            ))
-        })?;
+        let answer: Answer<'_> = serde_json::from_slice(&bytes)
+            .map_err(|e| ExecError::TargetProtocol(format!("{service}: rpc.discover answer is not JSON-RPC: {e}")))?;
         match (answer.result, answer.error) {
             (Some(raw), None) => Ok(raw.get().to_owned()),
             (_, Some(error)) => Err(ExecError::TargetProtocol(format!(
@@ -169,10 +164,7 @@ impl Upstream {
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
                 if e.is_connect() {
-                    ExecError::TargetUnavailable(format!(
-                        "{service}: cannot connect: {}",
-                        root_cause(&e)
-                    ))
+                    ExecError::TargetUnavailable(format!("{service}: cannot connect: {}", root_cause(&e)))
                 } else {
                     ExecError::TargetUnavailable(format!(
                         "{service}: connection lost before an answer: {}",
@@ -221,8 +213,8 @@ fn parse_answer(service: &str, bytes: &[u8]) -> Result<Box<RawValue>, ExecError>
         error: Option<Value>,
     }
     let garbage = |why: &str| ExecError::TargetProtocol(format!("{service}: {why}"));
-    let answer: Answer = serde_json::from_slice(bytes)
-        .map_err(|_| garbage("answer is not a JSON-RPC response object"))?;
+    let answer: Answer =
+        serde_json::from_slice(bytes).map_err(|_| garbage("answer is not a JSON-RPC response object"))?;
     match (answer.result, answer.error) {
         (Some(result), _) => Ok(result),
         (None, Some(Value::Object(mut error))) => {
@@ -233,9 +225,7 @@ fn parse_answer(service: &str, bytes: &[u8]) -> Result<Box<RawValue>, ExecError>
                     message,
                     data: error.remove("data"),
                 }),
-                _ => Err(garbage(
-                    "error object lacks an integer code or a string message",
-                )),
+                _ => Err(garbage("error object lacks an integer code or a string message")),
             }
         }
         _ => Err(garbage("answer has neither result nor error")),
@@ -257,16 +247,8 @@ mod tests {
 
     #[test]
     fn answers_are_classified() {
-        let ok = parse_answer(
-            "s",
-            br#"{"jsonrpc":"2.0","id":1,"result": {"b":1,  "a":2}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            ok.get(),
-            r#"{"b":1,  "a":2}"#,
-            "results pass through byte for byte"
-        );
+        let ok = parse_answer("s", br#"{"jsonrpc":"2.0","id":1,"result": {"b":1,  "a":2}}"#).unwrap();
+        assert_eq!(ok.get(), r#"{"b":1,  "a":2}"#, "results pass through byte for byte");
         let err = parse_answer(
             "s",
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":7,"message":"m","data":[1]}}"#,

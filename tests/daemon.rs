@@ -69,14 +69,8 @@ async fn sigterm_drains_the_call_in_flight_then_exits_0() {
         response["result"], "released",
         "the call in flight completed: {response}"
     );
-    let status = tokio::task::spawn_blocking(move || daemon.wait())
-        .await
-        .unwrap();
-    assert!(
-        status.success(),
-        "exit status {status:?}\n{}",
-        node.daemon_log()
-    );
+    let status = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap();
+    assert!(status.success(), "exit status {status:?}\n{}", node.daemon_log());
     assert!(!node.rest_sock().exists(), "socket files are removed");
 }
 
@@ -89,10 +83,9 @@ async fn the_drain_is_bounded() {
     let sock = node.rpc_sock();
     let stuck = tokio::spawn(async move {
         let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"gate.hold"}"#;
         let request = http::Request::post("/rpc")
@@ -103,14 +96,9 @@ async fn the_drain_is_bounded() {
     });
     arrived.recv().await.unwrap();
     daemon.terminate();
-    let status = tokio::task::spawn_blocking(move || daemon.wait())
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(
-        stuck.await.unwrap(),
-        "the stuck call's connection was closed"
-    );
+    assert!(stuck.await.unwrap(), "the stuck call's connection was closed");
     assert!(
         node.daemon_log().contains("drain timeout reached"),
         "{}",
@@ -130,10 +118,7 @@ async fn a_second_instance_on_the_same_dir_is_refused() {
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("already running"), "{stderr}");
-    assert!(
-        stderr.contains(&format!("pid {}", first.0.id())),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("pid {}", first.0.id())), "{stderr}");
     // The first one is unharmed.
     assert_eq!(get(&node.rpc_sock(), "/health").await.status, 200);
 }
@@ -161,10 +146,7 @@ async fn json_logs_carry_the_request_id() {
         bytes::Bytes::new(),
     )
     .await;
-    assert_eq!(
-        answer.headers["x-request-id"], "req-4242",
-        "the id is echoed back"
-    );
+    assert_eq!(answer.headers["x-request-id"], "req-4242", "the id is echoed back");
     let answer = get(&node.rpc_sock(), "/health").await;
     let generated = answer.headers["x-request-id"].to_str().unwrap().to_owned();
     eventually("the request's log line", || async {
@@ -196,10 +178,7 @@ async fn an_unusable_socket_dir_is_a_clear_error() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("cannot create socket directory"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot create socket directory"), "{stderr}");
 }
 
 /// Signals when dropped: tells the test a handler future was cancelled.

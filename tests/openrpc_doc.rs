@@ -34,10 +34,7 @@ fn every_method_is_complete() {
     for method in doc["methods"].as_array().unwrap() {
         let name = method["name"].as_str().unwrap();
         assert!(method["summary"].is_string(), "{name}: summary");
-        assert!(
-            method["result"]["schema"].is_object(),
-            "{name}: result schema"
-        );
+        assert!(method["result"]["schema"].is_object(), "{name}: result schema");
         assert!(method["errors"].is_array(), "{name}: errors");
         let intent = &method["x-hero-intent"];
         for key in [
@@ -66,10 +63,7 @@ fn documented_methods_are_the_implemented_methods() {
         .iter()
         .map(|m| m["name"].as_str().unwrap().to_owned())
         .collect();
-    let implemented: Vec<String> = hero_executor::methods::METHODS
-        .iter()
-        .map(|m| m.to_string())
-        .collect();
+    let implemented: Vec<String> = hero_executor::methods::METHODS.iter().map(|m| m.to_string()).collect();
     assert_eq!(documented, implemented);
 }
 
@@ -80,10 +74,16 @@ async fn every_documented_method_answers() {
     let node = Node::new();
     let _echo = node.spawn_echo("echo");
     let _executor = node.start(node.config()).await;
+    let public_key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes(),
+    );
     let params = |name: &str| match name {
         "execute" => json!({"capability": "echo.echo", "params": {"message": "m"}}),
         "catalog.search" => json!({"query": "echo"}),
         "catalog.describe" => json!({"capability": "echo.echo"}),
+        "keys.add" => json!({"keyid": "k1", "public_key": public_key, "claims": ["agent"]}),
+        "keys.revoke" => json!({"keyid": "k1"}),
         _ => json!({}),
     };
     for name in hero_executor::methods::METHODS {

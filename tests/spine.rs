@@ -14,10 +14,7 @@ use serde_json::{Value, json};
 async fn hero_endpoints_on_every_socket() {
     let node = Node::new();
     let _executor = node.start(node.config()).await;
-    for (sock, protocol, socket) in [
-        (node.rpc_sock(), "openrpc", "rpc"),
-        (node.rest_sock(), "rest", "rest"),
-    ] {
+    for (sock, protocol, socket) in [(node.rpc_sock(), "openrpc", "rpc"), (node.rest_sock(), "rest", "rest")] {
         let health = get(&sock, "/health").await;
         assert_eq!(health.status, 200);
         assert_eq!(
@@ -35,10 +32,7 @@ async fn hero_endpoints_on_every_socket() {
     // Socket files are 0660.
     use std::os::unix::fs::PermissionsExt;
     for sock in [node.rpc_sock(), node.rest_sock()] {
-        assert_eq!(
-            std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
-            0o660
-        );
+        assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o660);
     }
 }
 
@@ -46,15 +40,10 @@ async fn hero_endpoints_on_every_socket() {
 async fn rpc_discover_is_openrpc_json_byte_for_byte() {
     let node = Node::new();
     let _executor = node.start(node.config()).await;
-    let file =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openrpc.json")).unwrap();
+    let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openrpc.json")).unwrap();
     let served = get(&node.rpc_sock(), "/openrpc.json").await;
     assert_eq!(served.status, 200);
-    assert_eq!(
-        served.body,
-        file.as_bytes(),
-        "GET /openrpc.json is the file"
-    );
+    assert_eq!(served.body, file.as_bytes(), "GET /openrpc.json is the file");
     let answer = post_rpc(
         &node.rpc_sock(),
         &json!({"jsonrpc": "2.0", "id": 1, "method": "rpc.discover"}),
@@ -72,10 +61,7 @@ async fn rpc_discover_is_openrpc_json_byte_for_byte() {
         "/api/v1/catalog",
         "/api/v1/catalog/{capability}",
     ] {
-        assert!(
-            openapi["paths"][path].is_object(),
-            "{path} missing from openapi.json"
-        );
+        assert!(openapi["paths"][path].is_object(), "{path} missing from openapi.json");
     }
 }
 
@@ -148,11 +134,7 @@ async fn batches_and_notifications() {
     assert_eq!(answer.status, 200);
     let replies = answer.json();
     let replies = replies.as_array().unwrap();
-    assert_eq!(
-        replies.len(),
-        4,
-        "the notification gets no reply: {replies:?}"
-    );
+    assert_eq!(replies.len(), 4, "the notification gets no reply: {replies:?}");
     let by_id = |id: Value| {
         replies
             .iter()
@@ -183,10 +165,7 @@ async fn batches_and_notifications() {
     assert_eq!(value["result"]["value"], 20, "2 + 3 + 5 + 10: {value}");
 
     // Empty and oversized batches are invalid requests.
-    assert_eq!(
-        error_code(&post_rpc(&sock, &json!([]), &[]).await.json()),
-        -32600
-    );
+    assert_eq!(error_code(&post_rpc(&sock, &json!([]), &[]).await.json()), -32600);
     let big: Vec<Value> = (0..101)
         .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "rpc.discover"}))
         .collect();
@@ -219,18 +198,10 @@ async fn every_error_code() {
     let node = Node::new();
     let _echo = node.spawn_echo("echo");
     let _garbage = node
-        .serve_stub(
-            "garbage",
-            misbehaving_stub("<html>oops</html>", "text/html"),
-        )
+        .serve_stub("garbage", misbehaving_stub("<html>oops</html>", "text/html"))
         .await;
-    let huge: &'static str = Box::leak(
-        format!(
-            r#"{{"jsonrpc":"2.0","id":1,"result":"{}"}}"#,
-            "x".repeat(200_000)
-        )
-        .into_boxed_str(),
-    );
+    let huge: &'static str =
+        Box::leak(format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{}"}}"#, "x".repeat(200_000)).into_boxed_str());
     let _huge = node
         .serve_stub("huge", misbehaving_stub(huge, "application/json"))
         .await;
@@ -269,22 +240,10 @@ async fn every_error_code() {
         ("nodots", json!({}), -32601),
         ("echo.echo", json!({"message": 5}), -32602),
         ("echo.echo", json!({}), -32602),
-        (
-            "execute",
-            json!({"capability": "echo.no_such_method"}),
-            -32003,
-        ),
-        (
-            "execute",
-            json!({"capability": "no_such_service.x"}),
-            -32003,
-        ),
+        ("execute", json!({"capability": "echo.no_such_method"}), -32003),
+        ("execute", json!({"capability": "no_such_service.x"}), -32003),
         ("execute", json!({"nothing": 1}), -32602),
-        (
-            "catalog.describe",
-            json!({"capability": "echo.nope"}),
-            -32003,
-        ),
+        ("catalog.describe", json!({"capability": "echo.nope"}), -32003),
         ("ghost.anything", json!({}), -32020),
         ("echo.sleep", json!({"ms": 5000}), -32021),
         ("garbage.x", json!({}), -32022),
@@ -327,38 +286,17 @@ async fn bad_service_names_never_reach_a_path() {
     let node = Node::new();
     let _executor = node.start(node.config()).await;
     let sock = node.rpc_sock();
-    for method in [
-        "../etc.passwd",
-        "Echo.echo",
-        "a/b.c",
-        "9lives.x",
-        ".x",
-        "hero-agent.x",
-    ] {
+    for method in ["../etc.passwd", "Echo.echo", "a/b.c", "9lives.x", ".x", "hero-agent.x"] {
         let response = rpc(&sock, method, json!({})).await;
         assert_eq!(error_code(&response), -32601, "{method}: {response}");
         assert!(
-            response["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("service"),
+            response["error"]["message"].as_str().unwrap().contains("service"),
             "{response}"
         );
         let response = rpc(&sock, "execute", json!({"capability": method})).await;
-        assert_eq!(
-            error_code(&response),
-            -32602,
-            "execute {method}: {response}"
-        );
+        assert_eq!(error_code(&response), -32602, "execute {method}: {response}");
     }
-    let rest = http(
-        &node.rest_sock(),
-        "POST",
-        "/api/v1/execute/..%2Fx.y",
-        &[],
-        "{}",
-    )
-    .await;
+    let rest = http(&node.rest_sock(), "POST", "/api/v1/execute/..%2Fx.y", &[], "{}").await;
     assert_eq!(rest.status, 422);
     assert_eq!(rest.content_type(), "application/problem+json");
 }
@@ -383,24 +321,14 @@ async fn bodies_over_the_limit_are_refused_in_the_surface_shape() {
     .await;
     assert_eq!(answer.status, 413);
     assert_eq!(error_code(&answer.json()), -32600);
-    let answer = http(
-        &node.rest_sock(),
-        "POST",
-        "/api/v1/execute/echo.echo",
-        &[],
-        big,
-    )
-    .await;
+    let answer = http(&node.rest_sock(), "POST", "/api/v1/execute/echo.echo", &[], big).await;
     assert_eq!(answer.status, 413);
     assert_eq!(answer.content_type(), "application/problem+json");
     assert_eq!(answer.json()["code"], -32600);
     // Without a Content-Length (chunked), the limit holds while reading.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::UnixStream::connect(node.rpc_sock())
-        .await
-        .unwrap();
-    let head =
-        "POST /rpc HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let mut stream = tokio::net::UnixStream::connect(node.rpc_sock()).await.unwrap();
+    let head = "POST /rpc HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
     let chunk = "x".repeat(512);
     for _ in 0..4 {
@@ -427,9 +355,7 @@ async fn services_appear_and_disappear_while_running() {
 
     let mut late = node.spawn_echo("late");
     eventually("late.* in the catalog", || async {
-        capability_names(&sock)
-            .await
-            .contains(&"late.echo".to_owned())
+        capability_names(&sock).await.contains(&"late.echo".to_owned())
     })
     .await;
     assert_eq!(
@@ -499,29 +425,13 @@ async fn catalog_methods() {
         .collect();
     assert_eq!(found, ["echo.counter.add", "echo.counter.get"]);
     // Name matches rank above description matches ("delay" is only in sleep's summary/description).
-    let found =
-        rpc(&sock, "catalog.search", json!({"query": "delay"})).await["result"]["capabilities"]
-            .clone();
+    let found = rpc(&sock, "catalog.search", json!({"query": "delay"})).await["result"]["capabilities"].clone();
     assert_eq!(found[0]["name"], "echo.sleep");
-    let found =
-        rpc(&sock, "catalog.search", json!({"query": "echo"})).await["result"]["capabilities"]
-            .clone();
-    assert_eq!(
-        found[0]["name"], "echo.echo",
-        "exact segment match first: {found}"
-    );
+    let found = rpc(&sock, "catalog.search", json!({"query": "echo"})).await["result"]["capabilities"].clone();
+    assert_eq!(found[0]["name"], "echo.echo", "exact segment match first: {found}");
 
-    let described = rpc(
-        &sock,
-        "catalog.describe",
-        json!({"capability": "echo.counter.add"}),
-    )
-    .await["result"]
-        .clone();
-    assert_eq!(
-        described["x-hero-intent"]["side_effect_class"],
-        "mutate-self"
-    );
+    let described = rpc(&sock, "catalog.describe", json!({"capability": "echo.counter.add"})).await["result"].clone();
+    assert_eq!(described["x-hero-intent"]["side_effect_class"], "mutate-self");
     assert_eq!(described["x-hero-intent"]["idempotency"], "replay-unsafe");
     assert_eq!(described["params_schema"]["required"], json!(["amount"]));
 
@@ -539,10 +449,7 @@ async fn catalog_methods() {
         .iter()
         .find(|m| m["name"] == "echo.counter.add")
         .unwrap();
-    assert_eq!(
-        add["params"][0]["schema"]["$ref"],
-        "#/components/schemas/echo.Amount"
-    );
+    assert_eq!(add["params"][0]["schema"]["$ref"], "#/components/schemas/echo.Amount");
     assert!(doc["components"]["schemas"]["echo.Amount"].is_object());
     assert!(doc["components"]["schemas"]["other.Counter"].is_object());
     let errors = common_openrpc::meta_schema_errors(&doc);
@@ -586,28 +493,10 @@ async fn rest_surface() {
 
     for (method, path, body, status, code) in [
         ("POST", "/api/v1/execute/echo.nope", "{}", 404, -32003),
-        (
-            "POST",
-            "/api/v1/execute/echo.echo",
-            "{not json",
-            400,
-            -32700,
-        ),
+        ("POST", "/api/v1/execute/echo.echo", "{not json", 400, -32700),
         ("POST", "/api/v1/execute/echo.echo", "42", 400, -32600),
-        (
-            "POST",
-            "/api/v1/execute/echo.echo",
-            r#"{"message": 1}"#,
-            422,
-            -32602,
-        ),
-        (
-            "POST",
-            "/api/v1/execute/echo.fail",
-            r#"{"code": 7}"#,
-            422,
-            7,
-        ),
+        ("POST", "/api/v1/execute/echo.echo", r#"{"message": 1}"#, 422, -32602),
+        ("POST", "/api/v1/execute/echo.fail", r#"{"code": 7}"#, 422, 7),
         ("GET", "/api/v1/catalog/echo.nope", "", 404, -32003),
         ("GET", "/api/v1/catalog?limit=abc&q=x", "", 400, -32600),
         ("GET", "/api/v1/nowhere", "", 404, -32003),
@@ -620,11 +509,7 @@ async fn rest_surface() {
             "{method} {path}: {}",
             String::from_utf8_lossy(&answer.body)
         );
-        assert_eq!(
-            answer.content_type(),
-            "application/problem+json",
-            "{method} {path}"
-        );
+        assert_eq!(answer.content_type(), "application/problem+json", "{method} {path}");
         let problem = answer.json();
         assert_eq!(problem["code"], code, "{method} {path}: {problem}");
         assert_eq!(problem["status"], status);
@@ -679,37 +564,27 @@ async fn unsigned_calls_need_a_trusted_peer() {
     // Over TCP, discovery is open and everything else needs a signature.
     let tcp = |path: &'static str, body: &'static str| async move {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let method = if body.is_empty() { "GET" } else { "POST" };
         let request = http::Request::builder()
             .method(method)
             .uri(path)
             .header("host", "localhost")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                body.as_bytes(),
-            )))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
             .unwrap();
         sender.send_request(request).await.unwrap()
     };
     assert_eq!(tcp("/health", "").await.status(), 200);
     assert_eq!(
-        tcp(
-            "/rpc",
-            r#"{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}"#
-        )
-        .await
-        .status(),
+        tcp("/rpc", r#"{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}"#)
+            .await
+            .status(),
         200
     );
-    let denied = tcp(
-        "/rpc",
-        r#"{"jsonrpc":"2.0","id":1,"method":"catalog.list"}"#,
-    )
-    .await;
+    let denied = tcp("/rpc", r#"{"jsonrpc":"2.0","id":1,"method":"catalog.list"}"#).await;
     assert_eq!(denied.status(), 401);
     assert!(
         denied.headers()["accept-signature"]

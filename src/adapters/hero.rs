@@ -2,6 +2,7 @@
 //! `/.well-known/heroservice.json` (DESIGN section 2).
 
 use axum::Router;
+use axum::extract::State;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -19,7 +20,7 @@ pub enum SocketKind {
 pub fn routes(kind: SocketKind) -> Router<AppState> {
     Router::new().route("/health", get(health)).route(
         "/.well-known/heroservice.json",
-        get(move || heroservice(kind)),
+        get(move |State(state): State<AppState>| heroservice(kind, state)),
     )
 }
 
@@ -27,7 +28,7 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "service": SERVICE_NAME, "version": VERSION }))
 }
 
-async fn heroservice(kind: SocketKind) -> Response {
+async fn heroservice(kind: SocketKind, state: AppState) -> Response {
     let (protocol, socket, spec) = match kind {
         SocketKind::Rpc => ("openrpc", "rpc", "/openrpc.json"),
         SocketKind::Rest => ("rest", "rest", "/openapi.json"),
@@ -41,6 +42,7 @@ async fn heroservice(kind: SocketKind) -> Response {
                         applies policy, records runs and forwards calls to hero_* services.",
         "socket": socket,
         "spec": spec,
+        "signing_key": state.server_key.description(),
     }))
     .into_response()
 }

@@ -29,11 +29,7 @@ async fn openrpc_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENRPC_JSON).into_response()
 }
 
-async fn handle(
-    State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
-    body: Bytes,
-) -> Response {
+async fn handle(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
     let caller = caller.map(|Extension(c)| c);
     let incoming = match jsonrpc::parse_body(&body, state.config.max_batch) {
         Ok(incoming) => incoming,
@@ -46,12 +42,8 @@ async fn handle(
             None => StatusCode::NO_CONTENT.into_response(),
         },
         Incoming::Batch(items) => {
-            let replies = futures::future::join_all(
-                items
-                    .into_iter()
-                    .map(|item| answer(&state, caller.as_ref(), item)),
-            )
-            .await;
+            let replies =
+                futures::future::join_all(items.into_iter().map(|item| answer(&state, caller.as_ref(), item))).await;
             let replies: Vec<Box<RawValue>> = replies.into_iter().flatten().collect();
             if replies.is_empty() {
                 return StatusCode::NO_CONTENT.into_response();
@@ -62,11 +54,7 @@ async fn handle(
 }
 
 /// Runs one request; `None` for a notification (it still runs).
-async fn answer(
-    state: &AppState,
-    caller: Option<&Caller>,
-    item: Result<Request, Invalid>,
-) -> Option<Box<RawValue>> {
+async fn answer(state: &AppState, caller: Option<&Caller>, item: Result<Request, Invalid>) -> Option<Box<RawValue>> {
     let request = match item {
         Ok(request) => request,
         Err(invalid) => return Some(jsonrpc::failure(&invalid.id, &invalid.error(), None)),
@@ -80,9 +68,7 @@ async fn answer(
         }
         // The identity layer only lets requests without a caller through for rpc.discover.
         None if request.method == "rpc.discover" => crate::methods::discover(),
-        None => Err(ExecError::Unauthenticated(
-            "this method needs an identity".into(),
-        )),
+        None => Err(ExecError::Unauthenticated("this method needs an identity".into())),
     };
     let id = request.id?;
     Some(match outcome {
@@ -96,10 +82,7 @@ async fn answer(
 
 /// A whole-body JSON-RPC error (id null) with the given HTTP status.
 pub fn error_response(error: &ExecError, status: StatusCode) -> Response {
-    json_response(
-        status,
-        jsonrpc::failure(&Value::Null, error, None).get().to_owned(),
-    )
+    json_response(status, jsonrpc::failure(&Value::Null, error, None).get().to_owned())
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use http::{HeaderMap, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -25,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/execute/{capability}", post(execute))
         .route("/api/v1/catalog", get(catalog))
         .route("/api/v1/catalog/{capability}", get(describe))
+        .route("/api/v1/keys", get(keys_list).post(keys_add))
+        .route("/api/v1/keys/{keyid}", delete(keys_revoke))
         .route("/openapi.json", get(openapi_document))
 }
 
@@ -68,22 +70,13 @@ pub fn problem(error: &ExecError) -> Response {
         data,
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
 }
 
 /// Turns a core outcome into a response: the result as the body, or a problem.
 fn respond(outcome: Outcome) -> Response {
     match outcome {
-        Ok(result) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            result.get().to_owned(),
-        )
-            .into_response(),
+        Ok(result) => ([(header::CONTENT_TYPE, "application/json")], result.get().to_owned()).into_response(),
         Err(error) => {
             error.log();
             problem(&error)
@@ -92,16 +85,9 @@ fn respond(outcome: Outcome) -> Response {
 }
 
 /// Runs `method` with `params` through the dispatcher, as the OpenRPC surface would.
-async fn call(
-    state: &AppState,
-    caller: Option<Extension<Caller>>,
-    method: &str,
-    params: Value,
-) -> Response {
+async fn call(state: &AppState, caller: Option<Extension<Caller>>, method: &str, params: Value) -> Response {
     let Some(Extension(caller)) = caller else {
-        return problem(&ExecError::Unauthenticated(
-            "this endpoint needs an identity".into(),
-        ));
+        return problem(&ExecError::Unauthenticated("this endpoint needs an identity".into()));
     };
     respond(
         state
@@ -214,15 +200,7 @@ async fn catalog(
             }
             call(&state, caller, "catalog.search", params).await
         }
-        None => {
-            call(
-                &state,
-                caller,
-                "catalog.list",
-                json!({ "service": query.service }),
-            )
-            .await
-        }
+        None => call(&state, caller, "catalog.list", json!({ "service": query.service })).await,
     }
 }
 
@@ -242,13 +220,77 @@ async fn describe(
     caller: Option<Extension<Caller>>,
     Path(capability): Path<String>,
 ) -> Response {
-    call(
-        &state,
-        caller,
-        "catalog.describe",
-        json!({ "capability": capability }),
+    call(&state, caller, "catalog.describe", json!({ "capability": capability })).await
+}
+
+/// A key to enrol (`keys.add`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the body; the handler passes the JSON through unchanged
+struct NewKeyBody {
+    /// A name chosen at enrolment: 1-128 of letters, digits and `. _ : @ -`.
+    keyid: String,
+    /// PEM SubjectPublicKeyInfo, or base64 of the raw 32-byte Ed25519 key.
+    public_key: String,
+    /// The claims ceiling of requests signed with this key (`*` = full trust).
+    claims: Vec<String>,
+    /// Contexts the key may act in (absent: any).
+    contexts: Option<Vec<u64>>,
+    note: Option<String>,
+}
+
+/// List enrolled keys (needs `executor.admin`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    tag = "keys",
+    responses(
+        (status = 200, description = "`{keys: [...]}`", body = Object),
+        (status = 403, description = "Missing the executor.admin claim", body = Problem, content_type = "application/problem+json"),
     )
-    .await
+)]
+async fn keys_list(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
+    call(&state, caller, "keys.list", json!({})).await
+}
+
+/// Enrol a key (needs `executor.admin`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/keys",
+    tag = "keys",
+    request_body = NewKeyBody,
+    responses(
+        (status = 200, description = "The enrolled key", body = Object),
+        (status = 403, description = "Missing the executor.admin claim", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The keyid is already enrolled", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid keyid, key or claims", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn keys_add(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(params @ Value::Object(_)) => call(&state, caller, "keys.add", params).await,
+        Ok(_) => problem(&ExecError::InvalidRequest("the body must be a JSON object".into())),
+        Err(e) => problem(&ExecError::Parse(e.to_string())),
+    }
+}
+
+/// Revoke a key (needs `executor.admin`); its signatures are refused from then on.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/keys/{keyid}",
+    tag = "keys",
+    params(("keyid" = String, Path, description = "The key to revoke")),
+    responses(
+        (status = 200, description = "The revoked key", body = Object),
+        (status = 403, description = "Missing the executor.admin claim", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn keys_revoke(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path(keyid): Path<String>,
+) -> Response {
+    call(&state, caller, "keys.revoke", json!({ "keyid": keyid })).await
 }
 
 /// The generated OpenAPI 3.1 document of this surface.
@@ -258,8 +300,8 @@ async fn describe(
         title = "hero_executor REST API",
         description = "REST surface of hero_executor (rest.sock)."
     ),
-    paths(execute, catalog, describe),
-    components(schemas(Problem, ParamError))
+    paths(execute, catalog, describe, keys_list, keys_add, keys_revoke),
+    components(schemas(Problem, ParamError, NewKeyBody))
 )]
 pub struct ApiDoc;
 
@@ -282,9 +324,6 @@ mod tests {
     fn problems_carry_the_jsonrpc_code() {
         let response = problem(&ExecError::TargetTimeout("x".into()));
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            "application/problem+json"
-        );
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
     }
 }

@@ -95,7 +95,8 @@ mod tests {
 
     #[test]
     fn refs_are_prefixed() {
-        let mut v = json!({"schema": {"$ref": "#/components/schemas/Book"}, "x": [{"$ref": "#/components/schemas/A/b"}]});
+        let mut v =
+            json!({"schema": {"$ref": "#/components/schemas/Book"}, "x": [{"$ref": "#/components/schemas/A/b"}]});
         rewrite_refs(&mut v, "books");
         assert_eq!(v["schema"]["$ref"], "#/components/schemas/books.Book");
         assert_eq!(v["x"][0]["$ref"], "#/components/schemas/books.A/b");

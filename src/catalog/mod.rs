@@ -84,10 +84,7 @@ impl Catalog {
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A receiver that sees the generation whenever the set of capabilities changes.
@@ -99,9 +96,7 @@ impl Catalog {
     /// that service first, so a call right after a service starts does not race the watcher.
     pub async fn lookup(&self, service: &str, method: &str) -> Lookup {
         let found = lookup_in(&self.snapshot(), service, method);
-        if matches!(found, Lookup::Found(_) | Lookup::UnknownMethod)
-            || !self.socket_path(service).exists()
-        {
+        if matches!(found, Lookup::Found(_) | Lookup::UnknownMethod) || !self.socket_path(service).exists() {
             return found;
         }
         self.refresh_only(&[service.to_owned()]).await;
@@ -126,16 +121,10 @@ impl Catalog {
         let _guard = self.refresh_lock.lock().await;
         let old = self.snapshot();
         let candidates: Vec<String> = match only {
-            Some(names) => names
-                .iter()
-                .filter(|n| is_target_name(n))
-                .cloned()
-                .collect(),
+            Some(names) => names.iter().filter(|n| is_target_name(n)).cloned().collect(),
             None => self.scan_socket_dir().await,
         };
-        let probes = candidates
-            .iter()
-            .map(|name| self.probe(name, old.services.get(name)));
+        let probes = candidates.iter().map(|name| self.probe(name, old.services.get(name)));
         let results = futures::future::join_all(probes).await;
 
         let mut services = match only {
@@ -164,8 +153,7 @@ impl Catalog {
         let mut departed: BTreeSet<String> = old.departed.clone();
         departed.extend(report.removed.iter().cloned());
         departed.retain(|name| !services.contains_key(name));
-        let changed =
-            !report.added.is_empty() || !report.removed.is_empty() || !report.changed.is_empty();
+        let changed = !report.added.is_empty() || !report.removed.is_empty() || !report.changed.is_empty();
         let generation = old.generation + u64::from(changed);
         let next = Snapshot {
             services,
@@ -203,11 +191,7 @@ impl Catalog {
     }
 
     /// Discovers one service, reusing the previous parse when the spec is unchanged.
-    async fn probe(
-        &self,
-        name: &str,
-        previous: Option<&Arc<ServiceSpec>>,
-    ) -> Result<Arc<ServiceSpec>, String> {
+    async fn probe(&self, name: &str, previous: Option<&Arc<ServiceSpec>>) -> Result<Arc<ServiceSpec>, String> {
         let raw = self
             .upstream
             .discover(name, self.discover_timeout)
@@ -219,10 +203,9 @@ impl Catalog {
         }
         let service = name.to_owned();
         // Parsing and compiling schemas is CPU work: keep it off the async threads.
-        let parsed =
-            tokio::task::spawn_blocking(move || spec::parse_service(&service, &raw, fingerprint))
-                .await
-                .map_err(|e| format!("parser task failed: {e}"))??;
+        let parsed = tokio::task::spawn_blocking(move || spec::parse_service(&service, &raw, fingerprint))
+            .await
+            .map_err(|e| format!("parser task failed: {e}"))??;
         for warning in &parsed.warnings {
             tracing::warn!(service = %name, %warning, "method skipped or degraded");
         }
@@ -290,12 +273,7 @@ impl Snapshot {
         let terms: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
         let in_scope = |cap: &&Arc<Capability>| service.is_none_or(|s| cap.service == s);
         if terms.is_empty() {
-            return self
-                .capabilities()
-                .filter(in_scope)
-                .take(limit)
-                .cloned()
-                .collect();
+            return self.capabilities().filter(in_scope).take(limit).cloned().collect();
         }
         let mut scored: Vec<(u32, &Arc<Capability>)> = self
             .capabilities()
@@ -303,18 +281,11 @@ impl Snapshot {
             .filter_map(|cap| score(cap, &terms).map(|s| (s, cap)))
             .collect();
         scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
-        scored
-            .into_iter()
-            .take(limit)
-            .map(|(_, cap)| cap.clone())
-            .collect()
+        scored.into_iter().take(limit).map(|(_, cap)| cap.clone()).collect()
     }
 
     /// The aggregated OpenRPC document of the given capabilities (prefixed names).
-    pub fn openrpc<'a>(
-        &self,
-        caps: impl Iterator<Item = &'a Arc<Capability>>,
-    ) -> serde_json::Value {
+    pub fn openrpc<'a>(&self, caps: impl Iterator<Item = &'a Arc<Capability>>) -> serde_json::Value {
         aggregate::document(self, caps)
     }
 }

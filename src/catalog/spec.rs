@@ -86,8 +86,7 @@ impl HeroIntent {
         let field = |key: &str| block.get(key).and_then(Value::as_str);
         let d = Self::UNDECLARED;
         Self {
-            side_effect_class: field("side_effect_class")
-                .map_or(d.side_effect_class, SideEffect::parse),
+            side_effect_class: field("side_effect_class").map_or(d.side_effect_class, SideEffect::parse),
             audience_scope: field("audience_scope").map_or(d.audience_scope, Audience::parse),
             identity_requirement: field("identity_requirement")
                 .map_or(d.identity_requirement, IdentityRequirement::parse),
@@ -133,8 +132,7 @@ pub struct Capability {
 impl Capability {
     /// Checks params against the method's schema; errors carry JSON pointers.
     pub fn validate(&self, params: Option<&Value>) -> Result<(), ExecError> {
-        let invalid =
-            |message: String| ExecError::invalid_params(format!("{}: {message}", self.name));
+        let invalid = |message: String| ExecError::invalid_params(format!("{}: {message}", self.name));
         let as_object = match params {
             None => Value::Object(Map::new()),
             Some(Value::Object(_)) if self.param_structure == ParamStructure::ByPosition => {
@@ -152,13 +150,7 @@ impl Capability {
                         items.len()
                     )));
                 }
-                Value::Object(
-                    self.param_names
-                        .iter()
-                        .cloned()
-                        .zip(items.iter().cloned())
-                        .collect(),
-                )
+                Value::Object(self.param_names.iter().cloned().zip(items.iter().cloned()).collect())
             }
             Some(_) => return Err(invalid("params must be an object or an array".into())),
         };
@@ -177,10 +169,7 @@ impl Capability {
             return Ok(());
         }
         Err(ExecError::InvalidParams {
-            message: format!(
-                "{} params do not match its schema: {}",
-                self.name, details[0].message
-            ),
+            message: format!("{} params do not match its schema: {}", self.name, details[0].message),
             details,
         })
     }
@@ -233,8 +222,7 @@ pub struct ServiceSpec {
 /// Parses a service's OpenRPC document. Fails only when the document is unusable as a
 /// whole; individual bad methods become warnings.
 pub fn parse_service(service: &str, raw: &str, fingerprint: String) -> Result<ServiceSpec, String> {
-    let document: Value =
-        serde_json::from_str(raw).map_err(|e| format!("rpc.discover result is not JSON: {e}"))?;
+    let document: Value = serde_json::from_str(raw).map_err(|e| format!("rpc.discover result is not JSON: {e}"))?;
     let methods = document
         .get("methods")
         .and_then(Value::as_array)
@@ -245,10 +233,7 @@ pub fn parse_service(service: &str, raw: &str, fingerprint: String) -> Result<Se
     for method in methods {
         match parse_method(service, method, components.as_ref()) {
             Ok(cap) => {
-                if capabilities
-                    .insert(cap.method.clone(), Arc::new(cap))
-                    .is_some()
-                {
+                if capabilities.insert(cap.method.clone(), Arc::new(cap)).is_some() {
                     warnings.push("duplicate method name; the last one wins".to_owned());
                 }
             }
@@ -264,30 +249,20 @@ pub fn parse_service(service: &str, raw: &str, fingerprint: String) -> Result<Se
     })
 }
 
-fn parse_method(
-    service: &str,
-    method: &Value,
-    components: Option<&Value>,
-) -> Result<Capability, String> {
+fn parse_method(service: &str, method: &Value, components: Option<&Value>) -> Result<Capability, String> {
     let name = method
         .get("name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or("a method without a name was skipped")?;
     if name.starts_with("rpc.") {
-        return Err(format!(
-            "{name}: rpc.* methods are protocol methods, not capabilities"
-        ));
+        return Err(format!("{name}: rpc.* methods are protocol methods, not capabilities"));
     }
     let text = |key: &str| method.get(key).and_then(Value::as_str).map(str::to_owned);
     let params: Vec<Value> = method
         .get("params")
         .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .map(|p| resolve_descriptor(p, components))
-                .collect()
-        })
+        .map(|list| list.iter().map(|p| resolve_descriptor(p, components)).collect())
         .unwrap_or_default();
     let param_structure = match method.get("paramStructure").and_then(Value::as_str) {
         Some("by-name") => ParamStructure::ByName,
@@ -302,15 +277,8 @@ fn parse_method(
             .get("name")
             .and_then(Value::as_str)
             .ok_or_else(|| format!("{name}: a param without a name"))?;
-        properties.insert(
-            pname.to_owned(),
-            param.get("schema").cloned().unwrap_or(json!({})),
-        );
-        if param
-            .get("required")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-        {
+        properties.insert(pname.to_owned(), param.get("schema").cloned().unwrap_or(json!({})));
+        if param.get("required").and_then(Value::as_bool).unwrap_or(false) {
             required.push(Value::String(pname.to_owned()));
         }
         param_names.push(pname.to_owned());
@@ -340,9 +308,7 @@ fn parse_method(
         params,
         param_structure,
         params_schema,
-        result: method
-            .get("result")
-            .map(|r| resolve_descriptor(r, components)),
+        result: method.get("result").map(|r| resolve_descriptor(r, components)),
         errors: method
             .get("errors")
             .and_then(Value::as_array)
@@ -403,10 +369,7 @@ mod tests {
             panic!("{err:?}")
         };
         let pointers: Vec<_> = details.iter().map(|d| d.pointer.as_str()).collect();
-        assert!(
-            pointers.contains(&"/a") && pointers.contains(&"/b"),
-            "{pointers:?}"
-        );
+        assert!(pointers.contains(&"/a") && pointers.contains(&"/b"), "{pointers:?}");
         assert!(add.validate(None).is_err(), "a is required");
         assert!(add.validate(Some(&json!([1, 2]))).is_err(), "by-name only");
         let legacy = &spec.capabilities["legacy"];

@@ -15,11 +15,7 @@ use super::Catalog;
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Runs until the returned handle is aborted (the server aborts it at shutdown).
-pub fn spawn(
-    catalog: Arc<Catalog>,
-    socket_dir: PathBuf,
-    interval: Duration,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn(catalog: Arc<Catalog>, socket_dir: PathBuf, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         // Keep the watcher alive for as long as the task runs.
@@ -48,9 +44,7 @@ fn watch_dir(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::Recomm
         let Ok(event) = event else { return };
         if !matches!(
             event.kind,
-            EventKind::Create(_)
-                | EventKind::Remove(_)
-                | EventKind::Modify(notify::event::ModifyKind::Name(_))
+            EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
         ) {
             return;
         }

@@ -36,18 +36,13 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
     }
 }
 
-fn caller(
-    principal: Principal,
-    headers: &HeaderMap,
-    request_id: String,
-) -> Result<Caller, ExecError> {
+fn caller(principal: Principal, headers: &HeaderMap, request_id: String) -> Result<Caller, ExecError> {
     let context = match single(headers, "x-hero-context")? {
         None => 0,
-        Some(v) => v.trim().parse::<u64>().map_err(|_| {
-            ExecError::InvalidRequest(format!(
-                "X-Hero-Context must be an unsigned integer, got {v:?}"
-            ))
-        })?,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| ExecError::InvalidRequest(format!("X-Hero-Context must be an unsigned integer, got {v:?}")))?,
     };
     if let Some(allowed) = &principal.contexts
         && !allowed.contains(&context)
@@ -55,17 +50,11 @@ fn caller(
         return Err(ExecError::NotEnrolled(format!(
             "{} may not act in context {context} (allowed: {})",
             principal.id,
-            allowed
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            allowed.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
         )));
     }
     let requested = single(headers, "x-hero-claims")?
-        .map(|v| {
-            Claims::parse(v).map_err(|e| ExecError::InvalidRequest(format!("X-Hero-Claims: {e}")))
-        })
+        .map(|v| Claims::parse(v).map_err(|e| ExecError::InvalidRequest(format!("X-Hero-Claims: {e}"))))
         .transpose()?;
     let claims = principal.ceiling.narrow(requested.as_ref());
     let user = match single(headers, "x-hero-user")? {
@@ -140,12 +129,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.context, 7);
         assert_eq!(c.claims, Claims::parse("a,b").unwrap());
-        assert_eq!(
-            caller(owner.clone(), &HeaderMap::new(), "r".into())
-                .unwrap()
-                .context,
-            0
-        );
+        assert_eq!(caller(owner.clone(), &HeaderMap::new(), "r".into()).unwrap().context, 0);
         for bad in [
             &[("x-hero-context", "-1")][..],
             &[("x-hero-context", "abc")],
@@ -153,9 +137,7 @@ mod tests {
             &[("x-hero-claims", "a b")],
         ] {
             assert_eq!(
-                caller(owner.clone(), &headers(bad), "r".into())
-                    .unwrap_err()
-                    .code(),
+                caller(owner.clone(), &headers(bad), "r".into()).unwrap_err().code(),
                 -32600,
                 "{bad:?}"
             );
@@ -165,12 +147,7 @@ mod tests {
     #[test]
     fn impersonation_needs_the_claim() {
         let owner = Principal::local_owner(1);
-        let c = caller(
-            owner.clone(),
-            &headers(&[("x-hero-user", "alice")]),
-            "r".into(),
-        )
-        .unwrap();
+        let c = caller(owner.clone(), &headers(&[("x-hero-user", "alice")]), "r".into()).unwrap();
         assert_eq!(c.chain(), vec!["uid:1".to_owned(), "alice".to_owned()]);
         // Narrowing the claims away also removes the right to impersonate.
         let err = caller(

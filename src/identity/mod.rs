@@ -51,7 +51,8 @@ impl Connected<IncomingStream<'_, TcpListener>> for Peer {
 }
 
 /// What to sign, per RFC 9421 section 5.1, sent with every 401.
-pub const ACCEPT_SIGNATURE: &str = r#"sig1=("@method" "@path" "@query" "content-digest");created;expires;nonce;keyid;alg="ed25519""#;
+pub const ACCEPT_SIGNATURE: &str =
+    r#"sig1=("@method" "@path" "@query" "content-digest");created;expires;nonce;keyid;alg="ed25519""#;
 
 /// Routes anyone may call without an identity.
 pub fn is_open_route(path: &str) -> bool {
@@ -67,8 +68,7 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
     if is_open_route(path) || is_open_rpc_call(&request) {
         return next.run(request).await;
     }
-    let signed = request.headers().contains_key("signature")
-        || request.headers().contains_key("signature-input");
+    let signed = request.headers().contains_key("signature") || request.headers().contains_key("signature-input");
     let resolved = if signed {
         // A signature is verified or refused; it never falls back to the peer identity.
         let body = request
@@ -90,10 +90,7 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
                 principal
             })
     } else {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<Peer>>()
-            .map(|c| c.0.clone());
+        let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
         resolve_unsigned(state.config.unsigned_local, state.own_uid, peer)
     };
     match resolved {
@@ -104,10 +101,9 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         Err(error) => {
             let mut response = reject(request.uri().path(), error);
             if response.status() == http::StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(
-                    "accept-signature",
-                    HeaderValue::from_static(ACCEPT_SIGNATURE),
-                );
+                response
+                    .headers_mut()
+                    .insert("accept-signature", HeaderValue::from_static(ACCEPT_SIGNATURE));
             }
             response
         }
@@ -116,15 +112,9 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
 
 /// Step 2 of identity resolution: an unsigned request is trusted only from the daemon's
 /// own uid over a Unix socket, and only while `unsigned_local = owner`.
-fn resolve_unsigned(
-    unsigned_local: UnsignedLocal,
-    own_uid: u32,
-    peer: Option<Peer>,
-) -> Result<Principal, ExecError> {
+fn resolve_unsigned(unsigned_local: UnsignedLocal, own_uid: u32, peer: Option<Peer>) -> Result<Principal, ExecError> {
     match peer {
-        Some(Peer::Unix { uid: Some(uid) })
-            if unsigned_local == UnsignedLocal::Owner && uid == own_uid =>
-        {
+        Some(Peer::Unix { uid: Some(uid) }) if unsigned_local == UnsignedLocal::Owner && uid == own_uid => {
             Ok(Principal::local_owner(uid))
         }
         Some(Peer::Unix { uid }) => Err(ExecError::Unauthenticated(match unsigned_local {
@@ -133,9 +123,7 @@ fn resolve_unsigned(
                 own_uid,
                 uid.map_or("unknown".to_owned(), |u| u.to_string())
             ),
-            UnsignedLocal::Off => {
-                "unsigned calls are disabled (unsigned_local = off): sign the request".into()
-            }
+            UnsignedLocal::Off => "unsigned calls are disabled (unsigned_local = off): sign the request".into(),
         })),
         Some(Peer::Tcp(_)) => Err(ExecError::Unauthenticated(
             "calls over TCP must carry an HTTP message signature (RFC 9421)".into(),
@@ -174,16 +162,11 @@ mod tests {
             (UnsignedLocal::Owner, unix(1001)),
             (UnsignedLocal::Owner, Some(Peer::Unix { uid: None })),
             (UnsignedLocal::Off, unix(1000)),
-            (
-                UnsignedLocal::Owner,
-                Some(Peer::Tcp(([127, 0, 0, 1], 9).into())),
-            ),
+            (UnsignedLocal::Owner, Some(Peer::Tcp(([127, 0, 0, 1], 9).into()))),
             (UnsignedLocal::Owner, None),
         ] {
             assert_eq!(
-                resolve_unsigned(mode, 1000, peer.clone())
-                    .unwrap_err()
-                    .code(),
+                resolve_unsigned(mode, 1000, peer.clone()).unwrap_err().code(),
                 -32001,
                 "{mode:?} {peer:?}"
             );

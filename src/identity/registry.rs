@@ -74,9 +74,8 @@ impl Registry {
     /// Loads every key from the database.
     pub fn load(db: Db) -> Result<Self, crate::db::DbError> {
         let rows = db.call_blocking(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT keyid, public_key, claims, contexts, note, created_at, revoked_at FROM keys",
-            )?;
+            let mut stmt =
+                conn.prepare("SELECT keyid, public_key, claims, contexts, note, created_at, revoked_at FROM keys")?;
             let rows = stmt.query_map([], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
@@ -98,8 +97,7 @@ impl Registry {
                     keyid: keyid.clone(),
                     public_key: VerifyingKey::from_bytes(&raw).ok()?,
                     claims: Claims::parse(&claims).ok()?,
-                    contexts: contexts
-                        .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect()),
+                    contexts: contexts.map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect()),
                     note,
                     created_at,
                     revoked_at,
@@ -120,11 +118,7 @@ impl Registry {
 
     /// The key with this id, revoked or not.
     pub fn get(&self, keyid: &str) -> Option<Arc<KeyEntry>> {
-        self.cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(keyid)
-            .cloned()
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).get(keyid).cloned()
     }
 
     /// Every key, by keyid.
@@ -143,14 +137,9 @@ impl Registry {
     /// Enrols a key. A keyid is never reused, even after revocation (-32004).
     pub async fn add(&self, new: NewKey) -> Result<Arc<KeyEntry>, ExecError> {
         validate_keyid(&new.keyid)?;
-        let public_key =
-            parse_public_key(&new.public_key).map_err(|e| ExecError::invalid_params(e.0))?;
+        let public_key = parse_public_key(&new.public_key).map_err(|e| ExecError::invalid_params(e.0))?;
         let claims = Claims::parse(&new.claims.join(",")).map_err(ExecError::invalid_params)?;
-        if new
-            .claims
-            .iter()
-            .any(|c| c.contains(',') || c.trim().is_empty())
-        {
+        if new.claims.iter().any(|c| c.contains(',') || c.trim().is_empty()) {
             return Err(ExecError::invalid_params(
                 "each claim is one non-empty name without commas",
             ));
@@ -184,7 +173,8 @@ impl Registry {
                         row.keyid,
                         row.public_key.as_bytes().to_vec(),
                         row.claims.to_string(),
-                        row.contexts.map(|c| c.iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
+                        row.contexts
+                            .map(|c| c.iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
                         row.note,
                         row.created_at,
                     ],
@@ -242,10 +232,7 @@ impl Registry {
 /// Keyids: 1-128 characters of `A-Z a-z 0-9 . _ : @ -`, starting with a letter or digit.
 pub fn validate_keyid(keyid: &str) -> Result<(), ExecError> {
     let ok = (1..=128).contains(&keyid.len())
-        && keyid
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && keyid.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && keyid
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-'));

@@ -35,8 +35,7 @@ impl ServerKey {
     pub fn load_or_create(data_dir: &Path) -> Result<Self, String> {
         let path = data_dir.join("executor_ed25519.pem");
         let signing = if path.exists() {
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let pem = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             SigningKey::from_pkcs8_pem(&pem)
                 .map_err(|e| format!("{} is not an Ed25519 PKCS#8 key: {e}", path.display()))?
         } else {
@@ -82,11 +81,7 @@ impl ServerKey {
 }
 
 /// Signs the responses of authenticated requests (those that carry a [`Principal`]).
-pub async fn sign_response(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn sign_response(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if request.extensions().get::<Principal>().is_none() {
         return next.run(request).await;
     }
@@ -139,21 +134,14 @@ pub async fn sign_response(
             status: None,
             ..response_view
         };
-        let base = signature::signature_base(
-            &response_view,
-            Some(&request_view),
-            &inner.items,
-            &params_line,
-        )?;
+        let base = signature::signature_base(&response_view, Some(&request_view), &inner.items, &params_line)?;
         Ok::<_, signature::SigError>((params_line, signature::sign_ed25519(&key.signing, &base)))
     })();
     match signed {
         Ok((params_line, sig)) => {
             let input = format!("{RESPONSE_LABEL}={params_line}");
             let sig = format!("{RESPONSE_LABEL}={}", signature::byte_sequence(&sig));
-            if let (Ok(input), Ok(sig)) =
-                (HeaderValue::from_str(&input), HeaderValue::from_str(&sig))
-            {
+            if let (Ok(input), Ok(sig)) = (HeaderValue::from_str(&input), HeaderValue::from_str(&sig)) {
                 parts.headers.insert("signature-input", input);
                 parts.headers.insert("signature", sig);
             }

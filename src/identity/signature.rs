@@ -16,8 +16,7 @@ use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePublicKey};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use http::{HeaderMap, Method, Uri};
 use httpsig::prelude::message_component::{
-    HttpMessageComponent, HttpMessageComponentId, HttpMessageComponentName,
-    HttpMessageComponentParam,
+    HttpMessageComponent, HttpMessageComponentId, HttpMessageComponentName, HttpMessageComponentParam,
 };
 use sfv::{BareItem, FieldType, InnerList, Item, ListEntry, Parser};
 use sha2::{Digest, Sha256, Sha512};
@@ -65,23 +64,17 @@ pub struct ParsedSignature {
 impl ParsedSignature {
     /// Whether the signature covers the component named `name` (no parameters).
     pub fn covers(&self, name: &str) -> bool {
-        self.components.iter().any(|c| {
-            c.params.is_empty() && matches!(&c.bare_item, BareItem::String(s) if s.as_str() == name)
-        })
+        self.components
+            .iter()
+            .any(|c| c.params.is_empty() && matches!(&c.bare_item, BareItem::String(s) if s.as_str() == name))
     }
 }
 
 /// Parses the two headers into signatures, in `Signature-Input` order. At most `max` members.
-pub fn parse_signatures(
-    input: &str,
-    signature: &str,
-    max: usize,
-) -> Result<Vec<ParsedSignature>, SigError> {
-    let inputs: sfv::Dictionary = Parser::new(input).parse().map_err(|e| {
-        err(format!(
-            "Signature-Input is not a structured dictionary: {e}"
-        ))
-    })?;
+pub fn parse_signatures(input: &str, signature: &str, max: usize) -> Result<Vec<ParsedSignature>, SigError> {
+    let inputs: sfv::Dictionary = Parser::new(input)
+        .parse()
+        .map_err(|e| err(format!("Signature-Input is not a structured dictionary: {e}")))?;
     let signatures: sfv::Dictionary = Parser::new(signature)
         .parse()
         .map_err(|e| err(format!("Signature is not a structured dictionary: {e}")))?;
@@ -97,29 +90,21 @@ pub fn parse_signatures(
     let mut parsed = Vec::with_capacity(inputs.len());
     for (label, entry) in &inputs {
         let ListEntry::InnerList(inner) = entry else {
-            return Err(err(format!(
-                "Signature-Input member {label} is not an inner list"
-            )));
+            return Err(err(format!("Signature-Input member {label} is not an inner list")));
         };
         let Some(ListEntry::Item(Item {
             bare_item: BareItem::ByteSequence(bytes),
             ..
         })) = signatures.get(label)
         else {
-            return Err(err(format!(
-                "Signature has no byte sequence for label {label}"
-            )));
+            return Err(err(format!("Signature has no byte sequence for label {label}")));
         };
         parsed.push(from_inner_list(label.as_str(), inner, bytes.clone())?);
     }
     Ok(parsed)
 }
 
-fn from_inner_list(
-    label: &str,
-    inner: &InnerList,
-    signature: Vec<u8>,
-) -> Result<ParsedSignature, SigError> {
+fn from_inner_list(label: &str, inner: &InnerList, signature: Vec<u8>) -> Result<ParsedSignature, SigError> {
     let mut out = ParsedSignature {
         label: label.to_owned(),
         components: inner.items.clone(),
@@ -134,17 +119,11 @@ fn from_inner_list(
     for (key, value) in &inner.params {
         let integer = || match value {
             BareItem::Integer(i) => Ok(i64::from(*i)),
-            _ => Err(err(format!(
-                "signature parameter {} must be an integer",
-                key.as_str()
-            ))),
+            _ => Err(err(format!("signature parameter {} must be an integer", key.as_str()))),
         };
         let string = || match value {
             BareItem::String(s) => Ok(s.as_str().to_owned()),
-            _ => Err(err(format!(
-                "signature parameter {} must be a string",
-                key.as_str()
-            ))),
+            _ => Err(err(format!("signature parameter {} must be a string", key.as_str()))),
         };
         match key.as_str() {
             "created" => out.created = Some(integer()?),
@@ -209,10 +188,7 @@ pub fn signature_base(
 }
 
 /// The raw values of one component of `message`.
-fn component_values(
-    message: &MessageView<'_>,
-    id: &HttpMessageComponentId,
-) -> Result<Vec<String>, SigError> {
+fn component_values(message: &MessageView<'_>, id: &HttpMessageComponentId) -> Result<Vec<String>, SigError> {
     let name = id.name.to_string();
     let name = name.trim_matches('"');
     match &id.name {
@@ -262,11 +238,7 @@ fn component_values(
                     message.scheme,
                     authority()?.to_ascii_lowercase(),
                     path,
-                    message
-                        .uri
-                        .query()
-                        .map(|q| format!("?{q}"))
-                        .unwrap_or_default()
+                    message.uri.query().map(|q| format!("?{q}")).unwrap_or_default()
                 ),
                 "@request-target" => message
                     .uri
@@ -302,11 +274,9 @@ pub fn content_digest(body: &[u8]) -> String {
 /// Checks a `Content-Digest` header against `body`. Every sha-256 / sha-512 member must
 /// match, and at least one must be present.
 pub fn verify_content_digest(header: &str, body: &[u8]) -> Result<(), SigError> {
-    let dict: sfv::Dictionary = Parser::new(header).parse().map_err(|e| {
-        err(format!(
-            "Content-Digest is not a structured dictionary: {e}"
-        ))
-    })?;
+    let dict: sfv::Dictionary = Parser::new(header)
+        .parse()
+        .map_err(|e| err(format!("Content-Digest is not a structured dictionary: {e}")))?;
     let mut checked = 0;
     for (alg, entry) in &dict {
         let ListEntry::Item(Item {
@@ -325,10 +295,7 @@ pub fn verify_content_digest(header: &str, body: &[u8]) -> Result<(), SigError> 
             _ => continue,
         };
         if actual != *expected {
-            return Err(err(format!(
-                "Content-Digest {} does not match the body",
-                alg.as_str()
-            )));
+            return Err(err(format!("Content-Digest {} does not match the body", alg.as_str())));
         }
         checked += 1;
     }
@@ -340,8 +307,7 @@ pub fn verify_content_digest(header: &str, body: &[u8]) -> Result<(), SigError> 
 
 /// Verifies an Ed25519 signature over `base`.
 pub fn verify_ed25519(key: &VerifyingKey, base: &str, signature: &[u8]) -> Result<(), SigError> {
-    let signature =
-        Signature::from_slice(signature).map_err(|_| err("an Ed25519 signature is 64 bytes"))?;
+    let signature = Signature::from_slice(signature).map_err(|_| err("an Ed25519 signature is 64 bytes"))?;
     key.verify_strict(base.as_bytes(), &signature)
         .map_err(|_| err("the signature does not verify"))
 }
@@ -356,15 +322,12 @@ pub fn sign_ed25519(key: &SigningKey, base: &str) -> Vec<u8> {
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, SigError> {
     let text = text.trim();
     if text.starts_with("-----BEGIN") {
-        return VerifyingKey::from_public_key_pem(text)
-            .map_err(|e| err(format!("not an Ed25519 public key PEM: {e}")));
+        return VerifyingKey::from_public_key_pem(text).map_err(|e| err(format!("not an Ed25519 public key PEM: {e}")));
     }
     let raw = B64
         .decode(text)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
-        .map_err(|_| {
-            err("a public key is a PEM SubjectPublicKeyInfo or the base64 of 32 raw bytes")
-        })?;
+        .map_err(|_| err("a public key is a PEM SubjectPublicKeyInfo or the base64 of 32 raw bytes"))?;
     let raw: [u8; 32] = raw
         .try_into()
         .map_err(|_| err("a raw Ed25519 public key is exactly 32 bytes"))?;
@@ -373,8 +336,7 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, SigError> {
 
 /// A public key as PEM SubjectPublicKeyInfo.
 pub fn public_key_pem(key: &VerifyingKey) -> String {
-    key.to_public_key_pem(Default::default())
-        .unwrap_or_default()
+    key.to_public_key_pem(Default::default()).unwrap_or_default()
 }
 
 /// Builds signature parameters in this executor's order: `created;expires?;nonce;keyid;alg`.

@@ -82,8 +82,8 @@ impl Verifier {
     ) -> Result<(Principal, VerifiedSignature), ExecError> {
         let input = joined(headers, "signature-input")?;
         let sig = joined(headers, "signature")?;
-        let signatures = signature::parse_signatures(&input, &sig, self.rules.max_signatures)
-            .map_err(|e| unauth(e.0))?;
+        let signatures =
+            signature::parse_signatures(&input, &sig, self.rules.max_signatures).map_err(|e| unauth(e.0))?;
         // The first signature by an enrolled key is the one that counts.
         let Some((s, key)) = signatures.iter().find_map(|s| {
             s.keyid
@@ -91,22 +91,14 @@ impl Verifier {
                 .and_then(|k| self.registry.get(k))
                 .map(|key| (s, key))
         }) else {
-            let keyids: Vec<&str> = signatures
-                .iter()
-                .filter_map(|s| s.keyid.as_deref())
-                .collect();
+            let keyids: Vec<&str> = signatures.iter().filter_map(|s| s.keyid.as_deref()).collect();
             return Err(match keyids.is_empty() {
                 true => unauth("the signature has no keyid parameter"),
-                false => {
-                    ExecError::NotEnrolled(format!("keyid {} is not enrolled", keyids.join(", ")))
-                }
+                false => ExecError::NotEnrolled(format!("keyid {} is not enrolled", keyids.join(", "))),
             });
         };
         if key.revoked_at.is_some() {
-            return Err(ExecError::NotEnrolled(format!(
-                "key {} was revoked",
-                key.keyid
-            )));
+            return Err(ExecError::NotEnrolled(format!("key {} was revoked", key.keyid)));
         }
         if let Some(alg) = &s.alg
             && alg != "ed25519"
@@ -155,19 +147,12 @@ impl Verifier {
             scheme: "http",
             status: None,
         };
-        let base = signature::signature_base(&view, None, &s.components, &s.params_line)
-            .map_err(|e| unauth(e.0))?;
+        let base = signature::signature_base(&view, None, &s.components, &s.params_line).map_err(|e| unauth(e.0))?;
         signature::verify_ed25519(&key.public_key, &base, &s.signature).map_err(|e| unauth(e.0))?;
         // Only a verified signature may use up a slot in the replay cache.
         if let Some(nonce) = &s.nonce {
             let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-            replay.insert(
-                &key.keyid,
-                nonce,
-                created + max_age,
-                now,
-                self.rules.replay_capacity,
-            )?;
+            replay.insert(&key.keyid, nonce, created + max_age, now, self.rules.replay_capacity)?;
         }
         Ok((
             key.principal(),
@@ -220,14 +205,7 @@ struct ReplayCache {
 }
 
 impl ReplayCache {
-    fn insert(
-        &mut self,
-        keyid: &str,
-        nonce: &str,
-        expires: i64,
-        now: i64,
-        capacity: usize,
-    ) -> Result<(), ExecError> {
+    fn insert(&mut self, keyid: &str, nonce: &str, expires: i64, now: i64, capacity: usize) -> Result<(), ExecError> {
         while let Some((expiry, _)) = self.order.front() {
             if *expiry > now {
                 break;
@@ -264,10 +242,7 @@ mod tests {
         cache.insert("k", "n1", 200, 100, 10).unwrap(); // expired and pruned: usable again
         let mut full = ReplayCache::default();
         full.insert("k", "a", 100, 0, 1).unwrap();
-        assert!(
-            full.insert("k", "b", 100, 0, 1).is_err(),
-            "fail closed when full"
-        );
+        assert!(full.insert("k", "b", 100, 0, 1).is_err(), "fail closed when full");
     }
 
     #[test]

@@ -86,10 +86,7 @@ impl Node {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read the ready line");
-        assert!(
-            line.contains("listening"),
-            "echo_service did not start: {line:?}"
-        );
+        assert!(line.contains("listening"), "echo_service did not start: {line:?}");
         ChildGuard(child)
     }
 
@@ -149,11 +146,7 @@ impl ChildGuard {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "process {} did not exit",
-                self.0.id()
-            );
+            assert!(start.elapsed() < DEADLINE, "process {} did not exit", self.0.id());
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -208,13 +201,7 @@ impl Answer {
 }
 
 /// One HTTP/1.1 request over a Unix socket, on a fresh connection.
-pub async fn http(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Answer {
+pub async fn http(sock: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
     let stream = UnixStream::connect(sock)
         .await
         .unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
@@ -222,10 +209,7 @@ pub async fn http(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost");
+    let mut request = Request::builder().method(method).uri(path).header("host", "localhost");
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -250,14 +234,7 @@ pub async fn get(sock: &Path, path: &str) -> Answer {
 pub async fn post_rpc(sock: &Path, body: &Value, headers: &[(&str, &str)]) -> Answer {
     let mut all = vec![("content-type", "application/json")];
     all.extend_from_slice(headers);
-    http(
-        sock,
-        "POST",
-        "/rpc",
-        &all,
-        serde_json::to_vec(body).unwrap(),
-    )
-    .await
+    http(sock, "POST", "/rpc", &all, serde_json::to_vec(body).unwrap()).await
 }
 
 /// Calls one JSON-RPC method and returns the whole response object.
@@ -311,10 +288,7 @@ impl Node {
     /// Starts the real `hero_executor` binary on this node; stderr goes to `<tmp>/daemon.log`.
     /// Waits until `/health` answers on rpc.sock.
     pub async fn spawn_daemon(&self, extra: &[&str]) -> ChildGuard {
-        let child = self
-            .daemon_command(extra)
-            .spawn()
-            .expect("spawn hero_executor");
+        let child = self.daemon_command(extra).spawn().expect("spawn hero_executor");
         let guard = ChildGuard(child);
         let sock = self.rpc_sock();
         eventually("the daemon's /health", || async {

@@ -7,10 +7,7 @@ use serde_json::Value;
 struct Vendored;
 
 impl jsonschema::Retrieve for Vendored {
-    fn retrieve(
-        &self,
-        uri: &jsonschema::Uri<String>,
-    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+    fn retrieve(&self, uri: &jsonschema::Uri<String>) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
         if uri.as_str().trim_end_matches('/') == "https://meta.json-schema.tools" {
             return Ok(fixture("json-schema-tools-meta-schema.json"));
         }
