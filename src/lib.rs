@@ -21,6 +21,7 @@
 pub mod adapters;
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod dispatch;

@@ -76,7 +76,9 @@ async fn every_documented_method_answers() {
     let _executor = node.start(node.config()).await;
     let public_key = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
-        ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key().as_bytes(),
+        ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+            .verifying_key()
+            .as_bytes(),
     );
     let params = |name: &str| match name {
         "execute" => json!({"capability": "echo.echo", "params": {"message": "m"}}),
