@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config, LogFormat, UnsignedLocal};
 
@@ -14,6 +14,9 @@ use crate::config::{self, Config, LogFormat, UnsignedLocal};
 #[derive(Debug, Parser)]
 #[command(name = "hero_executor", version, about, long_about = None)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Hero socket directory [default: $HERO_SOCKET_DIR, $PATH_SOCKET, ~/hero/var/sockets]
     #[arg(long, global = true)]
     pub socket_dir: Option<PathBuf>,
@@ -81,4 +84,78 @@ impl Cli {
 
         Ok(config)
     }
+}
+
+/// Client-side commands; they talk to a running daemon over its sockets.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an Ed25519 key pair for signing requests (PKCS#8 PEM, mode 0600)
+    Keygen {
+        /// Where to write the private key; the public key goes to `<out>.pub`
+        #[arg(long, default_value = "hero_executor_key.pem")]
+        out: PathBuf,
+        /// Overwrite an existing file
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage the keys the daemon accepts (needs the executor.admin claim)
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[command(flatten)]
+        auth: SigningArgs,
+    },
+    /// Call a capability (or one of the executor's own methods) and print its result
+    Call {
+        /// `<service>.<method>`, e.g. `echo.echo`
+        capability: String,
+        /// Params as JSON (`-` reads stdin)
+        params: Option<String>,
+        #[command(flatten)]
+        auth: SigningArgs,
+        /// X-Hero-Context
+        #[arg(long)]
+        context: Option<u64>,
+        /// X-Hero-Claims: narrow the key's claims to these (comma list)
+        #[arg(long)]
+        claims: Option<String>,
+        /// X-Hero-User: act on behalf of this user (needs executor.impersonate)
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+/// `hero_executor keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Enrol a public key under a keyid
+    Add {
+        keyid: String,
+        /// A public key file (PEM), PEM text, or base64 of the raw 32 bytes
+        public_key: String,
+        /// Claims ceiling, comma separated (`*` = full trust)
+        #[arg(long, value_delimiter = ',', required = true)]
+        claims: Vec<String>,
+        /// Contexts the key may act in, comma separated (default: any)
+        #[arg(long, value_delimiter = ',')]
+        contexts: Option<Vec<u64>>,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List enrolled keys
+    List,
+    /// Revoke a key
+    Revoke { keyid: String },
+}
+
+/// How a client command signs its requests. Without `--key`, requests are unsigned and
+/// accepted only from the daemon's own uid.
+#[derive(Debug, Clone, Args)]
+pub struct SigningArgs {
+    /// Private key (PKCS#8 PEM) to sign with
+    #[arg(long, env = "HERO_EXECUTOR_KEY", requires = "keyid")]
+    pub key: Option<PathBuf>,
+    /// The keyid the key is enrolled under
+    #[arg(long, env = "HERO_EXECUTOR_KEYID", requires = "key")]
+    pub keyid: Option<String>,
 }

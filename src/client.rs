@@ -221,8 +221,12 @@ impl Client {
             body,
             verified: false,
         };
+        // Requests that fail authentication are answered unsigned (there is nobody to bind
+        // the answer to); such an error is passed on unverified. A success is always signed.
+        let unsigned_rejection = !reply.headers.contains_key("signature") && !reply.status.is_success();
         if let Some(key) = &self.executor_key
             && !crate::identity::is_open_route(uri.path())
+            && !unsigned_rejection
         {
             let request = MessageView {
                 method: &method,

@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        return run_command(&cli, command);
+    }
     init_tracing(cli.log_format);
     let config = match cli.config() {
         Ok(config) => config,
@@ -55,5 +58,23 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// Runs a client-side subcommand against the daemon.
+fn run_command(cli: &Cli, command: &hero_executor::cli::Command) -> ExitCode {
+    let result = hero_executor::config::default_socket_dir(cli.socket_dir.as_deref()).and_then(|socket_dir| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(hero_executor::commands::run(command, &socket_dir))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hero_executor: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

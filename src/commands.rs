@@ -1,0 +1,205 @@
+//! The client-side subcommands (`keygen`, `keys`, `call`): thin wrappers over
+//! [`crate::client`], printing for people.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use http::HeaderMap;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::cli::{Command, KeysAction, SigningArgs};
+use crate::client::{Client, ClientError, Signer, hero_headers};
+use crate::identity::signature::public_key_pem;
+
+/// Runs a client command against the daemon whose sockets are under `socket_dir`.
+pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
+    let rpc_sock = socket_dir.join(crate::SERVICE_NAME).join("rpc.sock");
+    match command {
+        Command::Keygen { out, force } => keygen(out, *force),
+        Command::Keys { action, auth } => {
+            let client = client(&rpc_sock, auth).await?;
+            match action {
+                KeysAction::Add {
+                    keyid,
+                    public_key,
+                    claims,
+                    contexts,
+                    note,
+                } => {
+                    let public_key = read_public_key(public_key)?;
+                    let params = json!({"keyid": keyid, "public_key": public_key, "claims": claims,
+                                        "contexts": contexts, "note": note});
+                    let key = client
+                        .rpc("keys.add", without_nulls(params), HeaderMap::new())
+                        .await
+                        .map_err(show)?;
+                    println!(
+                        "enrolled {} with claims {}",
+                        key["keyid"].as_str().unwrap_or_default(),
+                        key["claims"]
+                    );
+                }
+                KeysAction::List => {
+                    let listed = client
+                        .rpc("keys.list", json!({}), HeaderMap::new())
+                        .await
+                        .map_err(show)?;
+                    print_keys(listed["keys"].as_array().map(Vec::as_slice).unwrap_or_default());
+                }
+                KeysAction::Revoke { keyid } => {
+                    client
+                        .rpc("keys.revoke", json!({ "keyid": keyid }), HeaderMap::new())
+                        .await
+                        .map_err(show)?;
+                    println!("revoked {keyid}");
+                }
+            }
+            Ok(())
+        }
+        Command::Call {
+            capability,
+            params,
+            auth,
+            context,
+            claims,
+            user,
+        } => {
+            let params = match params.as_deref() {
+                None => json!({}),
+                Some("-") => {
+                    let mut text = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut text)
+                        .map_err(|e| format!("reading stdin: {e}"))?;
+                    parse_json(&text)?
+                }
+                Some(text) => parse_json(text)?,
+            };
+            let headers = hero_headers(*context, claims.as_deref(), user.as_deref()).map_err(show)?;
+            let client = client(&rpc_sock, auth).await?;
+            let result = client.rpc(capability, params, headers).await.map_err(show)?;
+            println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+            Ok(())
+        }
+    }
+}
+
+/// A client of rpc.sock that signs with `--key` (if given) and verifies every response
+/// against the key the daemon publishes.
+async fn client(rpc_sock: &Path, auth: &SigningArgs) -> Result<Client, String> {
+    let mut client = Client::new(rpc_sock);
+    if let (Some(key), Some(keyid)) = (&auth.key, &auth.keyid) {
+        client = client.with_signer(Signer::load(key, keyid.clone()).map_err(show)?);
+    }
+    client.trust_published_key().await.map_err(show)
+}
+
+fn keygen(out: &Path, force: bool) -> Result<(), String> {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let private = key
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| format!("cannot encode the key: {e}"))?;
+    let public = public_key_pem(&key.verifying_key());
+    let public_path = PathBuf::from(format!("{}.pub", out.display()));
+    write_new(out, private.as_bytes(), 0o600, force)?;
+    write_new(&public_path, public.as_bytes(), 0o644, force)?;
+    let fingerprint = hex::encode(Sha256::digest(key.verifying_key().as_bytes()));
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "agent".into());
+    let keyid = format!("{user}-{}", &fingerprint[..8]);
+    println!("private key: {} (mode 0600)", out.display());
+    println!("public key:  {}", public_path.display());
+    print!("{public}");
+    println!("suggested keyid: {keyid}");
+    println!(
+        "enrol it:    hero_executor keys add {keyid} {} --claims <claims>",
+        public_path.display()
+    );
+    Ok(())
+}
+
+fn write_new(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(mode);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!("{} exists; use --force to overwrite", path.display()),
+        _ => format!("cannot write {}: {e}", path.display()),
+    })?;
+    file.write_all(contents)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// A public key argument: a file holding one, or the key itself (PEM or base64).
+fn read_public_key(arg: &str) -> Result<String, String> {
+    let path = Path::new(arg);
+    if !arg.starts_with("-----BEGIN") && path.is_file() {
+        return std::fs::read_to_string(path).map_err(|e| format!("cannot read {arg}: {e}"));
+    }
+    Ok(arg.to_owned())
+}
+
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("params are not JSON: {e}"))
+}
+
+fn without_nulls(mut value: Value) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.retain(|_, v| !v.is_null());
+    }
+    value
+}
+
+fn print_keys(keys: &[Value]) {
+    println!(
+        "{:<24} {:<32} {:<12} {:<20} NOTE",
+        "KEYID", "CLAIMS", "CONTEXTS", "STATUS"
+    );
+    for key in keys {
+        let list = |v: &Value| match v.as_array() {
+            Some(items) => items
+                .iter()
+                .map(|i| i.to_string().trim_matches('"').to_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+            None => "any".to_owned(),
+        };
+        let status = match key["revoked_at"].as_i64() {
+            Some(at) => format!("revoked {}", ago(at)),
+            None => format!("added {}", ago(key["created_at"].as_i64().unwrap_or_default())),
+        };
+        println!(
+            "{:<24} {:<32} {:<12} {:<20} {}",
+            key["keyid"].as_str().unwrap_or_default(),
+            list(&key["claims"]),
+            list(&key["contexts"]),
+            status,
+            key["note"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+/// "3m ago" style age of a Unix timestamp.
+fn ago(at: i64) -> String {
+    let secs = (crate::now_unix() - at).max(0);
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+fn show(e: ClientError) -> String {
+    e.to_string()
+}

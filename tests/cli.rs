@@ -1,0 +1,114 @@
+//! The client-side CLI against the real daemon: keygen -> keys add -> signed call, as in
+//! the README, plus listing and revoking.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn cli(node: &Node, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hero_executor"))
+        .arg("--socket-dir")
+        .arg(node.socket_dir())
+        .args(args)
+        .current_dir(node.tmp.path())
+        .env_remove("HERO_EXECUTOR_KEY")
+        .env_remove("HERO_EXECUTOR_KEYID")
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_enrol_call_list_revoke() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let _daemon = node.spawn_daemon(&[]).await;
+
+    let out = ok(&cli(&node, &["keygen", "--out", "agent.pem"]));
+    let keyid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("suggested keyid: "))
+        .unwrap()
+        .to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.tmp.path().join("agent.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(out.contains("-----BEGIN PUBLIC KEY-----"));
+    let again = cli(&node, &["keygen", "--out", "agent.pem"]);
+    assert!(!again.status.success(), "keygen does not overwrite a key");
+
+    let out = ok(&cli(
+        &node,
+        &[
+            "keys",
+            "add",
+            &keyid,
+            "agent.pem.pub",
+            "--claims",
+            "agent,ops",
+            "--contexts",
+            "0,5",
+        ],
+    ));
+    assert!(out.contains(&format!("enrolled {keyid}")), "{out}");
+
+    let signed = ["--key", "agent.pem", "--keyid", keyid.as_str()];
+    let out = ok(&cli(
+        &node,
+        &[&["call", "echo.echo", r#"{"message":"signed"}"#][..], &signed].concat(),
+    ));
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["message"], "signed");
+    let out = ok(&cli(
+        &node,
+        &[
+            &["call", "echo.whoami", "--context", "5", "--claims", "ops"][..],
+            &signed,
+        ]
+        .concat(),
+    ));
+    let seen: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (seen["context"].as_str(), seen["claims"].as_str()),
+        (Some("5"), Some("ops"))
+    );
+
+    let denied = cli(
+        &node,
+        &[
+            &["call", "echo.echo", r#"{"message":"x"}"#, "--context", "9"][..],
+            &signed,
+        ]
+        .concat(),
+    );
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("-32005"));
+
+    let out = ok(&cli(&node, &["keys", "list"]));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&keyid) && l.contains("agent,ops") && l.contains("0,5")),
+        "{out}"
+    );
+
+    ok(&cli(&node, &["keys", "revoke", &keyid]));
+    let refused = cli(
+        &node,
+        &[&["call", "echo.echo", r#"{"message":"x"}"#][..], &signed].concat(),
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
