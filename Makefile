@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run echo build test lint fmt clean
+.PHONY: run echo build test python-deps lint fmt clean
 
 ## run: build and run the daemon in the foreground with embedded defaults (ARGS="..." for flags)
 run:
@@ -17,9 +17,13 @@ build:
 	$(CARGO) build --release --bins --examples
 
 ## test: the whole test suite (unit, integration with real daemon and services, doc tests)
-test:
+test: python-deps
 	$(CARGO) build --examples
 	$(CARGO) test
+
+## python-deps: what examples/signed_call.py (and its test) needs, from PyPI
+python-deps:
+	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r examples/requirements.txt
 
 ## lint: formatting and clippy, exactly as CI runs them
 lint:

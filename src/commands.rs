@@ -6,14 +6,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::cli::{Command, KeysAction, SigningArgs};
 use crate::client::{Client, ClientError, Signer, hero_headers};
-use crate::identity::signature::public_key_pem;
+use crate::identity::signature::{private_key_pem, public_key_pem};
 
 /// Runs a client command against the daemon whose sockets are under `socket_dir`.
 pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
@@ -100,9 +99,7 @@ async fn client(rpc_sock: &Path, auth: &SigningArgs) -> Result<Client, String> {
 
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let private = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| format!("cannot encode the key: {e}"))?;
+    let private = private_key_pem(&key).map_err(|e| e.0)?;
     let public = public_key_pem(&key.verifying_key());
     let public_path = PathBuf::from(format!("{}.pub", out.display()));
     write_new(out, private.as_bytes(), 0o600, force)?;

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
@@ -40,9 +40,7 @@ impl ServerKey {
                 .map_err(|e| format!("{} is not an Ed25519 PKCS#8 key: {e}", path.display()))?
         } else {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let pem = key
-                .to_pkcs8_pem(Default::default())
-                .map_err(|e| format!("cannot encode the executor key: {e}"))?;
+            let pem = signature::private_key_pem(&key).map_err(|e| e.0)?;
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -334,6 +334,21 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, SigError> {
     VerifyingKey::from_bytes(&raw).map_err(|_| err("not a valid Ed25519 public key"))
 }
 
+/// A private key as PKCS#8 v1 PEM (RFC 8410), the form OpenSSL, Python's `cryptography`
+/// and the RFC 9421 test key use. (`ed25519-dalek` alone writes v2, with the public key
+/// embedded, which some readers refuse.)
+pub fn private_key_pem(key: &SigningKey) -> Result<String, SigError> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+    let bytes = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    bytes
+        .to_pkcs8_pem(Default::default())
+        .map(|pem| pem.to_string())
+        .map_err(|e| err(format!("cannot encode the private key: {e}")))
+}
+
 /// A public key as PEM SubjectPublicKeyInfo.
 pub fn public_key_pem(key: &VerifyingKey) -> String {
     key.to_public_key_pem(Default::default()).unwrap_or_default()
