@@ -164,7 +164,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         // Bodies are buffered once under the limit, before anything reads them.
         .layer(from_fn_with_state(state.config.max_body_bytes, limits::buffer_body))
         // Who is asking: needs the buffered body (open rpc.discover, content digests).
-        .layer(from_fn_with_state(state.clone(), identity::identify))
+        .layer(identity::IdentityLayer::new(state.clone()))
         // Every authenticated answer is signed, including rejections from the layers below.
         .layer(from_fn_with_state(state.clone(), identity::respond::sign_response))
         // Hero context and claims narrow the verified principal into a Caller.

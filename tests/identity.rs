@@ -505,3 +505,81 @@ async fn tcp_callers_must_sign() {
     unsigned.insert("host", HeaderValue::from_static("localhost"));
     assert_eq!(send_tcp(unsigned, body).await, 401);
 }
+
+/// Signs a REST request for one method/path, then sends it as another.
+async fn send_moved(
+    node: &Node,
+    key: &SigningKey,
+    keyid: &str,
+    signed_as: (&str, &str),
+    sent_as: (&str, &str),
+) -> Answer {
+    let (method, path) = signed_as;
+    let method: Method = method.parse().unwrap();
+    let uri: Uri = path.parse().unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("localhost"));
+    Signer::new(keyid, key.clone())
+        .sign(&method, &uri, &mut headers, b"", now())
+        .unwrap();
+    let pairs: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    http(&node.rest_sock(), sent_as.0, sent_as.1, &refs, bytes::Bytes::new()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_method_path_and_query_are_refused() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let _executor = node.start(node.config()).await;
+    let admin = key(12);
+    enrol(&node, "admin-12", &admin, &["*"], None).await;
+    let genuine = send_moved(
+        &node,
+        &admin,
+        "admin-12",
+        ("GET", "/api/v1/catalog?q=echo"),
+        ("GET", "/api/v1/catalog?q=echo"),
+    )
+    .await;
+    assert_eq!(genuine.status, 200, "{}", String::from_utf8_lossy(&genuine.body));
+    for (what, signed_as, sent_as) in [
+        (
+            "@method",
+            ("GET", "/api/v1/keys/admin-12"),
+            ("DELETE", "/api/v1/keys/admin-12"),
+        ),
+        (
+            "@path",
+            ("GET", "/api/v1/catalog/echo.echo"),
+            ("GET", "/api/v1/catalog/echo.sleep"),
+        ),
+        (
+            "@query",
+            ("GET", "/api/v1/catalog?q=echo"),
+            ("GET", "/api/v1/catalog?q=counter"),
+        ),
+        (
+            "@query added",
+            ("GET", "/api/v1/catalog"),
+            ("GET", "/api/v1/catalog?q=counter"),
+        ),
+    ] {
+        let answer = send_moved(&node, &admin, "admin-12", signed_as, sent_as).await;
+        assert_eq!(answer.status, 401, "{what}: {}", String::from_utf8_lossy(&answer.body));
+        assert_eq!(answer.json()["code"], -32001, "{what}");
+    }
+    // The DELETE above never happened: the key is still enrolled and usable.
+    let still = send_moved(
+        &node,
+        &admin,
+        "admin-12",
+        ("GET", "/api/v1/keys"),
+        ("GET", "/api/v1/keys"),
+    )
+    .await;
+    assert_eq!(still.json()["keys"][0]["revoked"], false);
+}

@@ -13,12 +13,17 @@ pub mod signature;
 pub mod verify;
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
 use axum::response::Response;
 use axum::serve::IncomingStream;
 use http::HeaderValue;
 use tokio::net::{TcpListener, UnixListener};
+use tower::{Layer, Service};
 
 use crate::AppState;
 use crate::adapters::reject;
@@ -62,11 +67,73 @@ pub fn is_open_route(path: &str) -> bool {
     )
 }
 
-/// The identity layer (see the module docs).
-pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    if is_open_route(path) || is_open_rpc_call(&request) {
-        return next.run(request).await;
+/// The identity layer (see the module docs): a configurable tower layer over the key
+/// registry, the signature rules and the trusted-peer setting in [`AppState`].
+#[derive(Clone)]
+pub struct IdentityLayer {
+    state: AppState,
+}
+
+impl IdentityLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for IdentityLayer {
+    type Service = Identity<S>;
+
+    fn layer(&self, inner: S) -> Identity<S> {
+        Identity {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The identity service: resolves the principal, or answers 401/403 itself.
+#[derive(Clone)]
+pub struct Identity<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Identity<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        // Verification is synchronous (keys are in memory): decide before taking the inner service.
+        if let Err(error) = authenticate(&self.state, &mut request) {
+            let mut response = reject(request.uri().path(), error);
+            if response.status() == http::StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert("accept-signature", HeaderValue::from_static(ACCEPT_SIGNATURE));
+            }
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        // The inner service was driven to readiness; hand that one to the call (tower idiom).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(inner.call(request))
+    }
+}
+
+/// Inserts the verified [`Principal`] (and [`verify::VerifiedSignature`]) into the request, or
+/// says why not.
+fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ExecError> {
+    if is_open_route(request.uri().path()) || is_open_rpc_call(request) {
+        return Ok(());
     }
     let signed = request.headers().contains_key("signature") || request.headers().contains_key("signature-input");
     let resolved = if signed {
@@ -93,21 +160,8 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
         resolve_unsigned(state.config.unsigned_local, state.own_uid, peer)
     };
-    match resolved {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(error) => {
-            let mut response = reject(request.uri().path(), error);
-            if response.status() == http::StatusCode::UNAUTHORIZED {
-                response
-                    .headers_mut()
-                    .insert("accept-signature", HeaderValue::from_static(ACCEPT_SIGNATURE));
-            }
-            response
-        }
-    }
+    request.extensions_mut().insert(resolved?);
+    Ok(())
 }
 
 /// Step 2 of identity resolution: an unsigned request is trusted only from the daemon's
