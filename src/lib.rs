@@ -32,6 +32,7 @@ pub mod intent;
 pub mod jsonrpc;
 pub mod limits;
 pub mod methods;
+pub mod policy;
 pub mod server;
 pub mod upstream;
 
