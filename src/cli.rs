@@ -61,6 +61,22 @@ pub struct Cli {
     #[arg(long, default_value_t = 300)]
     pub signature_max_age_secs: u64,
 
+    /// Policy file (TOML); reloaded on SIGHUP and `policy.reload` [default: embedded]
+    #[arg(long, env = "HERO_EXECUTOR_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// How long a call held for approval waits before it expires, in seconds
+    #[arg(long, default_value_t = 3600)]
+    pub approval_ttl_secs: u64,
+
+    /// Params and results larger than this are not stored on runs (their hash is), in bytes
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub run_payload_cap_bytes: usize,
+
+    /// Final runs older than this are pruned, in days (0 keeps them forever)
+    #[arg(long, default_value_t = 30)]
+    pub runs_retention_days: u64,
+
     /// Require a `nonce` on request signatures (replays are refused)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub require_nonce: bool,
@@ -73,7 +89,12 @@ impl Cli {
         let data_dir = config::default_data_dir(self.data_dir.as_deref())?;
         let mut config = Config::new(socket_dir, data_dir);
         config.listen = self.listen;
-        config.call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
+        config.core.call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
+        config.core.approval_ttl = Duration::from_secs(self.approval_ttl_secs.max(1));
+        config.core.payload_cap = self.run_payload_cap_bytes;
+        config.core.retention =
+            (self.runs_retention_days > 0).then(|| Duration::from_secs(self.runs_retention_days * 86_400));
+        config.policy = self.policy.clone();
         config.max_body_bytes = self.max_body_bytes;
         config.max_batch = self.max_batch.max(1);
         config.unsigned_local = self.unsigned_local;

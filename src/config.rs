@@ -29,8 +29,6 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Optional TCP listener for remote callers (signatures always required there).
     pub listen: Option<SocketAddr>,
-    /// Default per-call timeout for forwarded calls.
-    pub call_timeout: Duration,
     /// Timeout for `rpc.discover` on a target while building the catalog.
     pub discover_timeout: Duration,
     /// Largest request body accepted on any surface.
@@ -47,6 +45,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Request signature freshness and replay rules.
     pub signatures: crate::identity::verify::SignatureRules,
+    /// Policy file (`None`: the embedded default).
+    pub policy: Option<PathBuf>,
+    /// Call timeout, approval expiry, run storage limits.
+    pub core: crate::dispatch::CoreConfig,
 }
 
 impl Config {
@@ -56,7 +58,6 @@ impl Config {
             socket_dir: socket_dir.into(),
             data_dir: data_dir.into(),
             listen: None,
-            call_timeout: Duration::from_secs(30),
             discover_timeout: Duration::from_secs(5),
             max_body_bytes: 4 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
@@ -65,6 +66,13 @@ impl Config {
             catalog_refresh: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             signatures: Default::default(),
+            policy: None,
+            core: crate::dispatch::CoreConfig {
+                call_timeout: Duration::from_secs(30),
+                approval_ttl: Duration::from_secs(3600),
+                payload_cap: 64 * 1024,
+                retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            },
         }
     }
 

@@ -19,6 +19,41 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL,
         revoked_at  INTEGER
     ) STRICT;",
+    // 2: runs (DESIGN section 8). Ids are UUIDv7, so id order is creation order.
+    "CREATE TABLE runs (
+        id               TEXT PRIMARY KEY,
+        parent_id        TEXT,
+        name             TEXT NOT NULL,
+        surface          TEXT NOT NULL,
+        principal        TEXT NOT NULL,
+        chain            TEXT NOT NULL,
+        context          INTEGER NOT NULL,
+        claims           TEXT NOT NULL,
+        service          TEXT NOT NULL,
+        method           TEXT NOT NULL,
+        input_sha256     TEXT NOT NULL,
+        input            TEXT,
+        input_truncated  INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT,
+        decision         TEXT NOT NULL,
+        rule             TEXT,
+        approvers        TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        result           TEXT,
+        result_truncated INTEGER NOT NULL DEFAULT 0,
+        error            TEXT,
+        approver         TEXT,
+        decision_note    TEXT,
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER,
+        expires_at       INTEGER
+    ) STRICT;
+    CREATE INDEX runs_by_status ON runs(status, id);
+    CREATE INDEX runs_by_name ON runs(name, id);
+    CREATE INDEX runs_by_principal ON runs(principal, id);
+    CREATE INDEX runs_by_created ON runs(created_at);
+    CREATE UNIQUE INDEX runs_idempotency ON runs(principal, idempotency_key) WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// A database failure. Details are logged; callers see an internal error.
@@ -65,6 +100,15 @@ impl Db {
         })
         .await
         .map_err(|e| DbError(format!("database task failed: {e}")))?
+    }
+
+    /// Opens a second connection to the same file (for a dedicated writer thread).
+    pub fn open_writer(path: &Path) -> Result<Connection, DbError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
     }
 
     /// Runs `f` with the connection on the current thread (start-up only).

@@ -20,6 +20,8 @@ pub mod code {
     pub const NOT_FOUND: i64 = -32003;
     pub const CONFLICT: i64 = -32004;
     pub const NOT_ENROLLED: i64 = -32005;
+    pub const APPROVAL_PENDING: i64 = -32010;
+    pub const APPROVAL_REFUSED: i64 = -32011;
     pub const TARGET_UNAVAILABLE: i64 = -32020;
     pub const TARGET_TIMEOUT: i64 = -32021;
     pub const TARGET_PROTOCOL: i64 = -32022;
@@ -74,6 +76,12 @@ pub enum ExecError {
     /// The identity is not enrolled, or may not act in the requested context.
     #[error("{0}")]
     NotEnrolled(String),
+    /// The call waits for a human's approval (-32010).
+    #[error("approval pending: run {run_id} waits for approval until {expires_at}")]
+    ApprovalPending { run_id: String, expires_at: i64 },
+    /// The approval was rejected or expired (-32011).
+    #[error("{0}")]
+    ApprovalRefused(String),
     /// The target service has no socket or refuses connections.
     #[error("target unavailable: {0}")]
     TargetUnavailable(String),
@@ -114,6 +122,8 @@ impl ExecError {
             Self::NotFound(_) => code::NOT_FOUND,
             Self::Conflict(_) => code::CONFLICT,
             Self::NotEnrolled(_) => code::NOT_ENROLLED,
+            Self::ApprovalPending { .. } => code::APPROVAL_PENDING,
+            Self::ApprovalRefused(_) => code::APPROVAL_REFUSED,
             Self::TargetUnavailable(_) => code::TARGET_UNAVAILABLE,
             Self::TargetTimeout(_) => code::TARGET_TIMEOUT,
             Self::TargetProtocol(_) => code::TARGET_PROTOCOL,
@@ -135,6 +145,13 @@ impl ExecError {
         match self {
             Self::InvalidParams { details, .. } if !details.is_empty() => Some(json!({ "errors": details })),
             Self::Target { data, .. } => data.clone(),
+            Self::ApprovalPending { run_id, expires_at } => Some(json!({
+                "run_id": run_id,
+                "expires_at": expires_at,
+                "status": "awaiting_approval",
+                "wait": format!("runs.wait {{\"run_id\": \"{run_id}\"}}"),
+                "approve": format!("runs.approve {{\"run_id\": \"{run_id}\"}} by a holder of an approver claim"),
+            })),
             _ => None,
         }
     }
@@ -171,6 +188,8 @@ impl ExecError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Denied(_) | Self::NotEnrolled(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::ApprovalPending { .. } => StatusCode::ACCEPTED,
+            Self::ApprovalRefused(_) => StatusCode::FORBIDDEN,
             Self::TargetUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::TargetProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -198,6 +217,8 @@ impl ExecError {
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::NotEnrolled(_) => "not-enrolled",
+            Self::ApprovalPending { .. } => "approval-pending",
+            Self::ApprovalRefused(_) => "approval-refused",
 
             Self::TargetUnavailable(_) => "target-unavailable",
             Self::TargetTimeout(_) => "target-timeout",
@@ -215,5 +236,28 @@ impl ExecError {
             }
             _ => tracing::debug!(error = %self, "request failed"),
         }
+    }
+}
+
+/// An error, with the id of the run it belongs to when there is one.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub error: ExecError,
+    pub run_id: Option<String>,
+}
+
+impl Failure {
+    /// Attaches `run_id` to `error`.
+    pub fn with_run(error: ExecError, run_id: impl Into<String>) -> Self {
+        Self {
+            error,
+            run_id: Some(run_id.into()),
+        }
+    }
+}
+
+impl From<ExecError> for Failure {
+    fn from(error: ExecError) -> Self {
+        Self { error, run_id: None }
     }
 }

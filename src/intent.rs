@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::error::ExecError;
+use crate::error::Failure;
 
 /// The protocol a request came in through; recorded on every run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,8 +192,9 @@ pub struct Intent {
     pub idempotency_key: Option<String>,
 }
 
-/// The result of an intent: the target's result exactly as it sent it, or why there is none.
-pub type Outcome = Result<Box<RawValue>, ExecError>;
+/// The result of an intent: the target's result exactly as it sent it, or why there is none
+/// (with the run it was recorded as, when there is one).
+pub type Outcome = Result<Box<RawValue>, Failure>;
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,7 @@ pub mod jsonrpc;
 pub mod limits;
 pub mod methods;
 pub mod policy;
+pub mod runs;
 pub mod server;
 pub mod upstream;
 
@@ -56,6 +57,8 @@ use error::ExecError;
 use identity::registry::Registry;
 use identity::respond::ServerKey;
 use identity::verify::Verifier;
+use policy::Policy;
+use runs::store::RunStore;
 use upstream::Upstream;
 
 /// The service name in the hero socket convention.
@@ -93,8 +96,10 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, String> {
         let db_path = config.data_dir.join("hero_executor.db");
         let db = db::Db::open(&db_path).map_err(|e| format!("{}: {e}", db_path.display()))?;
-        let registry = Arc::new(Registry::load(db).map_err(|e| e.to_string())?);
+        let registry = Arc::new(Registry::load(db.clone()).map_err(|e| e.to_string())?);
+        let runs = Arc::new(RunStore::open(&db_path, db).map_err(|e| format!("{}: {e}", db_path.display()))?);
         let server_key = Arc::new(ServerKey::load_or_create(&config.data_dir)?);
+        let policy = Policy::load(config.policy.as_deref()).map_err(|errors| errors.join("\n"))?;
         let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes);
         let catalog = Arc::new(Catalog::new(
             upstream.clone(),
@@ -104,8 +109,11 @@ impl AppState {
         let dispatcher = Arc::new(Dispatcher::new(
             catalog,
             registry.clone(),
+            runs,
             upstream,
-            config.call_timeout,
+            policy,
+            config.policy.clone(),
+            config.core.clone(),
         ));
         Ok(Self {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),

@@ -163,6 +163,8 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
     let report = catalog.refresh().await;
     tracing::info!(services = ?report.services, capabilities = report.capabilities, "catalog ready");
     let watcher = catalog::watch::spawn(catalog, config.socket_dir.clone(), config.catalog_refresh);
+    let housekeeping = state.dispatcher.spawn_housekeeping();
+    let reloader = spawn_policy_reloader(state.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -204,6 +206,8 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
         servers.abort_all();
     }
     watcher.abort();
+    housekeeping.abort();
+    reloader.abort();
     for socket in &bound.sockets {
         let _ = fs::remove_file(socket);
     }
@@ -215,6 +219,21 @@ async fn serve_unix(listener: UnixListener, app: Router, stop: impl Future<Outpu
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
         tracing::error!(error = %e, "server error");
     }
+}
+
+/// Reloads the policy on SIGHUP; an invalid file keeps the running policy (errors are logged).
+fn spawn_policy_reloader(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; use policy.reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the policy");
+            let _ = state.dispatcher.reload_policy();
+        }
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

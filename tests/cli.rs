@@ -71,7 +71,7 @@ async fn keygen_enrol_call_list_revoke() {
     let out = ok(&cli(
         &node,
         &[
-            &["call", "echo.whoami", "--context", "5", "--claims", "ops"][..],
+            &["call", "echo.whoami", "--context", "5", "--claims", "agent"][..],
             &signed,
         ]
         .concat(),
@@ -79,7 +79,7 @@ async fn keygen_enrol_call_list_revoke() {
     let seen: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (seen["context"].as_str(), seen["claims"].as_str()),
-        (Some("5"), Some("ops"))
+        (Some("5"), Some("agent"))
     );
 
     let denied = cli(

@@ -210,7 +210,7 @@ async fn every_error_code() {
     drop(std::os::unix::net::UnixListener::bind(node.socket_dir().join("ghost/rpc.sock")).unwrap());
 
     let mut config = node.config();
-    config.call_timeout = Duration::from_millis(300);
+    config.core.call_timeout = Duration::from_millis(300);
     config.max_response_bytes = 64 * 1024;
     let _executor = node.start(config).await;
     let sock = node.rpc_sock();

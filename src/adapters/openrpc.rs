@@ -68,14 +68,14 @@ async fn answer(state: &AppState, caller: Option<&Caller>, item: Result<Request,
         }
         // The identity layer only lets requests without a caller through for rpc.discover.
         None if request.method == "rpc.discover" => crate::methods::discover(),
-        None => Err(ExecError::Unauthenticated("this method needs an identity".into())),
+        None => Err(ExecError::Unauthenticated("this method needs an identity".into()).into()),
     };
     let id = request.id?;
     Some(match outcome {
         Ok(result) => jsonrpc::success(&id, &result),
-        Err(error) => {
-            error.log();
-            jsonrpc::failure(&id, &error, None)
+        Err(failure) => {
+            failure.error.log();
+            jsonrpc::failure(&id, &failure.error, failure.run_id.as_deref())
         }
     })
 }

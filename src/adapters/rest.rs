@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::AppState;
-use crate::error::{ExecError, ParamError};
+use crate::error::{ExecError, Failure, ParamError};
 use crate::intent::{Caller, Outcome, Surface};
 
 /// The REST routes and the generated OpenAPI document.
@@ -50,10 +50,18 @@ pub struct Problem {
     /// The target's own error data, when a target failed the call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
+    /// The run this request was recorded as, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// Renders an error as `application/problem+json`.
 pub fn problem(error: &ExecError) -> Response {
+    problem_for_run(error, None)
+}
+
+/// Renders an error of a run as `application/problem+json`, with its `run_id`.
+pub fn problem_for_run(error: &ExecError, run_id: Option<&str>) -> Response {
     let status = error.http_status();
     let (errors, data) = match error {
         ExecError::InvalidParams { details, .. } => (Some(details.clone()), None),
@@ -68,6 +76,7 @@ pub fn problem(error: &ExecError) -> Response {
         code: error.code(),
         errors,
         data,
+        run_id: run_id.map(str::to_owned),
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
     (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
@@ -77,9 +86,26 @@ pub fn problem(error: &ExecError) -> Response {
 fn respond(outcome: Outcome) -> Response {
     match outcome {
         Ok(result) => ([(header::CONTENT_TYPE, "application/json")], result.get().to_owned()).into_response(),
-        Err(error) => {
-            error.log();
-            problem(&error)
+        // A held call is accepted, not failed: 202 and where to follow it.
+        Err(Failure {
+            error: ExecError::ApprovalPending { run_id, expires_at },
+            ..
+        }) => {
+            let body = json!({"status": "awaiting_approval", "run_id": run_id, "expires_at": expires_at});
+            let location = format!("/api/v1/runs/{run_id}");
+            (
+                http::StatusCode::ACCEPTED,
+                [
+                    (header::CONTENT_TYPE, "application/json".to_owned()),
+                    (header::LOCATION, location),
+                ],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Err(failure) => {
+            failure.error.log();
+            problem_for_run(&failure.error, failure.run_id.as_deref())
         }
     }
 }

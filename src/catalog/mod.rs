@@ -269,9 +269,15 @@ impl Snapshot {
 
     /// Capabilities matching `query`, best first: name matches rank above description
     /// matches; every term must match somewhere.
-    pub fn search(&self, query: &str, service: Option<&str>, limit: usize) -> Vec<Arc<Capability>> {
+    pub fn search(
+        &self,
+        query: &str,
+        service: Option<&str>,
+        limit: usize,
+        visible: impl Fn(&Capability) -> bool,
+    ) -> Vec<Arc<Capability>> {
         let terms: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
-        let in_scope = |cap: &&Arc<Capability>| service.is_none_or(|s| cap.service == s);
+        let in_scope = |cap: &&Arc<Capability>| service.is_none_or(|s| cap.service == s) && visible(cap);
         if terms.is_empty() {
             return self.capabilities().filter(in_scope).take(limit).cloned().collect();
         }

@@ -1,0 +1,498 @@
+//! The run store: SQLite (WAL, bundled). One writer thread owns a connection and commits
+//! whatever has queued up in one transaction (group commit); every write is acknowledged
+//! after its commit, so an answer is never sent before its run is on disk. Reads use the
+//! shared connection on blocking threads. Status changes are broadcast for `runs.wait`.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+
+use super::{Run, RunStatus, now_ms};
+use crate::db::{Db, DbError};
+use crate::error::ExecError;
+
+/// A run changed status.
+#[derive(Debug, Clone)]
+pub struct RunEvent {
+    pub id: String,
+    pub status: RunStatus,
+}
+
+/// Fields set by a status transition (unset fields are left as they are).
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub result: Option<String>,
+    pub result_truncated: bool,
+    pub error: Option<Value>,
+    pub approver: Option<String>,
+    pub decision_note: Option<String>,
+}
+
+/// Filters of `runs.list`. Results are newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<RunStatus>,
+    pub capability: Option<String>,
+    pub principal: Option<String>,
+    /// Unix milliseconds.
+    pub since: Option<i64>,
+    pub limit: usize,
+    /// The last id of the previous page.
+    pub cursor: Option<String>,
+}
+
+enum Op {
+    Insert(Box<Run>),
+    Transition {
+        id: String,
+        from: Vec<RunStatus>,
+        to: RunStatus,
+        changes: Box<Changes>,
+    },
+    ExpireDue {
+        now: i64,
+    },
+    Prune {
+        before: i64,
+        status: Option<RunStatus>,
+    },
+}
+
+/// What one write did: rows changed, and the status changes to broadcast.
+#[derive(Default)]
+struct Applied {
+    rows: usize,
+    events: Vec<RunEvent>,
+}
+
+struct Job {
+    op: Op,
+    done: oneshot::Sender<Result<usize, String>>,
+}
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// The run store.
+pub struct RunStore {
+    writer: mpsc::Sender<Job>,
+    reader: Db,
+    events: broadcast::Sender<RunEvent>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ExecError {
+    ExecError::Internal(format!("run store: {e}"))
+}
+
+impl RunStore {
+    /// Opens the store over the database at `path` (already migrated through `reader`),
+    /// marks runs left `running` by a previous process as `interrupted`, and starts the
+    /// writer thread.
+    pub fn open(path: &Path, reader: Db) -> Result<Self, DbError> {
+        let mut conn = Db::open_writer(path)?;
+        let interrupted = conn.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'",
+            params![now_ms()],
+        )?;
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "runs left running by the previous process are now interrupted"
+            );
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (events, _) = broadcast::channel(1024);
+        let sender = events.clone();
+        std::thread::Builder::new()
+            .name("run-writer".into())
+            .spawn(move || writer_loop(&mut conn, rx, sender))
+            .map_err(|e| DbError::from(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        Ok(Self {
+            writer: tx,
+            reader,
+            events,
+        })
+    }
+
+    /// Queues a write and waits for its commit; returns the rows it changed.
+    async fn write(&self, op: Op) -> Result<usize, ExecError> {
+        let (done, wait) = oneshot::channel();
+        self.writer
+            .send(Job { op, done })
+            .map_err(|_| internal("the writer thread stopped"))?;
+        wait.await
+            .map_err(|_| internal("the writer thread stopped"))?
+            .map_err(internal)
+    }
+
+    /// Records a new run. Fails with -32004 if the principal already used its idempotency key.
+    pub async fn insert(&self, run: Run) -> Result<(), ExecError> {
+        let key = run.idempotency_key.clone();
+        self.write(Op::Insert(Box::new(run)))
+            .await
+            .map_err(|e| match (&e, key) {
+                (ExecError::Internal(msg), Some(key)) if msg.contains("UNIQUE") => {
+                    ExecError::Conflict(format!("idempotency key {key:?} is being used by another call"))
+                }
+                _ => e,
+            })?;
+        Ok(())
+    }
+
+    /// Moves run `id` from one of `from` to `to`; `false` if it was not in one of `from`.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[RunStatus],
+        to: RunStatus,
+        changes: Changes,
+    ) -> Result<bool, ExecError> {
+        let op = Op::Transition {
+            id: id.to_owned(),
+            from: from.to_vec(),
+            to,
+            changes: Box::new(changes),
+        };
+        Ok(self.write(op).await? > 0)
+    }
+
+    /// Marks pending approvals whose deadline passed as `expired`; returns how many.
+    pub async fn expire_due(&self) -> Result<usize, ExecError> {
+        self.write(Op::ExpireDue { now: now_ms() }).await
+    }
+
+    /// Deletes final runs created before `before` (Unix ms), optionally of one status.
+    pub async fn prune(&self, before: i64, status: Option<RunStatus>) -> Result<usize, ExecError> {
+        if status.is_some_and(|s| !s.is_final()) {
+            return Err(ExecError::invalid_params("only final runs can be pruned"));
+        }
+        self.write(Op::Prune { before, status }).await
+    }
+
+    /// One run.
+    pub async fn get(&self, id: &str) -> Result<Option<Run>, ExecError> {
+        let id = id.to_owned();
+        self.reader
+            .call(move |conn| {
+                conn.query_row(&format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"), [id], from_row)
+                    .optional()
+            })
+            .await
+            .map_err(internal)
+    }
+
+    /// The run a principal started with an idempotency key, if any.
+    pub async fn by_idempotency_key(&self, principal: &str, key: &str) -> Result<Option<Run>, ExecError> {
+        let (principal, key) = (principal.to_owned(), key.to_owned());
+        self.reader
+            .call(move |conn| {
+                conn.query_row(
+                    &format!("SELECT {COLUMNS} FROM runs WHERE principal = ?1 AND idempotency_key = ?2"),
+                    [principal, key],
+                    from_row,
+                )
+                .optional()
+            })
+            .await
+            .map_err(internal)
+    }
+
+    /// Runs matching `filter`, newest first, and the cursor of the next page.
+    pub async fn list(&self, filter: ListFilter) -> Result<(Vec<Run>, Option<String>), ExecError> {
+        let limit = filter.limit.clamp(1, 1000);
+        let runs = self
+            .reader
+            .call(move |conn| {
+                let mut sql = format!("SELECT {COLUMNS} FROM runs WHERE 1=1");
+                let mut args: Vec<rusqlite::types::Value> = Vec::new();
+                let mut add = |clause: &str, value: rusqlite::types::Value| {
+                    args.push(value);
+                    sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+                };
+                if let Some(status) = filter.status {
+                    add("status =", status.as_str().to_owned().into());
+                }
+                if let Some(capability) = filter.capability {
+                    add("name =", capability.into());
+                }
+                if let Some(principal) = filter.principal {
+                    add("principal =", principal.into());
+                }
+                if let Some(since) = filter.since {
+                    add("created_at >=", since.into());
+                }
+                if let Some(cursor) = filter.cursor {
+                    add("id <", cursor.into());
+                }
+                sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(internal)?;
+        let mut runs = runs;
+        let next = if runs.len() > limit {
+            runs.truncate(limit);
+            runs.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        Ok((runs, next))
+    }
+
+    /// How many runs are recorded, by status.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, ExecError> {
+        self.reader
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await
+            .map_err(internal)
+    }
+
+    /// Waits until run `id` is final or `timeout` passes; returns it as it is then.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Run, ExecError> {
+        // Subscribe before reading, so a change between the two is not missed.
+        let mut events = self.events.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = self
+                .get(id)
+                .await?
+                .ok_or_else(|| ExecError::NotFound(format!("no run {id}")))?;
+            if run.status.is_final() {
+                return Ok(run);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => {
+                        return self
+                            .get(id)
+                            .await?
+                            .ok_or_else(|| ExecError::NotFound(format!("no run {id}")));
+                    }
+                    Ok(Ok(event)) if event.id == id => break,
+                    Ok(Ok(_)) => continue,
+                    // Missed events: read the run again.
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return Err(internal("the run store closed")),
+                }
+            }
+        }
+    }
+}
+
+fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>, events: broadcast::Sender<RunEvent>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = (|| {
+            let tx = conn.transaction()?;
+            let results: Vec<Result<Applied, String>> = batch
+                .iter()
+                .map(|job| apply(&tx, &job.op).map_err(|e| e.to_string()))
+                .collect();
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(results)
+        })();
+        match outcome {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let result = result.map(|applied| {
+                        for event in applied.events {
+                            let _ = events.send(event);
+                        }
+                        applied.rows
+                    });
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "run store commit failed");
+                for job in batch {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
+    match op {
+        Op::Insert(run) => {
+            tx.prepare_cached(
+                "INSERT INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
+                 input_sha256, input, input_truncated, idempotency_key, decision, rule, approvers, status, result,
+                 result_truncated, error, approver, decision_note, created_at, started_at, finished_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+            )?
+            .execute(params![
+                run.id,
+                run.parent_id,
+                run.name,
+                run.surface,
+                run.principal,
+                serde_json::to_string(&run.chain).unwrap_or_default(),
+                run.context as i64,
+                run.claims.join(","),
+                run.service,
+                run.method,
+                run.input_sha256,
+                run.input,
+                run.input_truncated,
+                run.idempotency_key,
+                run.decision,
+                run.rule,
+                serde_json::to_string(&run.approvers).unwrap_or_default(),
+                run.status.as_str(),
+                run.result,
+                run.result_truncated,
+                run.error.as_ref().map(Value::to_string),
+                run.approver,
+                run.decision_note,
+                run.created_at,
+                run.started_at,
+                run.finished_at,
+                run.expires_at,
+            ])?;
+            Ok(Applied {
+                rows: 1,
+                events: vec![RunEvent {
+                    id: run.id.clone(),
+                    status: run.status,
+                }],
+            })
+        }
+        Op::Transition { id, from, to, changes } => {
+            let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            let changed = tx
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = ?2,
+                       started_at = COALESCE(?3, started_at), finished_at = COALESCE(?4, finished_at),
+                       result = COALESCE(?5, result), result_truncated = (result_truncated OR ?6),
+                       error = COALESCE(?7, error), approver = COALESCE(?8, approver),
+                       decision_note = COALESCE(?9, decision_note)
+                     WHERE id = ?1 AND status IN ({})",
+                    from.join(",")
+                ))?
+                .execute(params![
+                    id,
+                    to.as_str(),
+                    changes.started_at,
+                    changes.finished_at,
+                    changes.result,
+                    changes.result_truncated,
+                    changes.error.as_ref().map(Value::to_string),
+                    changes.approver,
+                    changes.decision_note,
+                ])?;
+            Ok(Applied {
+                rows: changed,
+                events: match changed {
+                    0 => Vec::new(),
+                    _ => vec![RunEvent {
+                        id: id.clone(),
+                        status: *to,
+                    }],
+                },
+            })
+        }
+        Op::ExpireDue { now } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE runs SET status = 'expired', finished_at = ?1
+                 WHERE status = 'awaiting_approval' AND expires_at <= ?1 RETURNING id",
+            )?;
+            let events: Vec<RunEvent> = stmt
+                .query_map([now], |r| r.get::<_, String>(0))?
+                .map(|id| {
+                    id.map(|id| RunEvent {
+                        id,
+                        status: RunStatus::Expired,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Applied {
+                rows: events.len(),
+                events,
+            })
+        }
+        Op::Prune { before, status } => {
+            let finals: Vec<String> = RunStatus::ALL
+                .iter()
+                .filter(|s| s.is_final() && status.is_none_or(|wanted| wanted == **s))
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            let deleted = tx.execute(
+                &format!(
+                    "DELETE FROM runs WHERE created_at < ?1 AND status IN ({})",
+                    finals.join(",")
+                ),
+                [before],
+            )?;
+            Ok(Applied {
+                rows: deleted,
+                events: Vec::new(),
+            })
+        }
+    }
+}
+
+const COLUMNS: &str = "id, parent_id, name, surface, principal, chain, context, claims, service, method, input_sha256,
+    input, input_truncated, idempotency_key, decision, rule, approvers, status, result, result_truncated, error,
+    approver, decision_note, created_at, started_at, finished_at, expires_at";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
+    let json_list = |text: String| serde_json::from_str::<Vec<String>>(&text).unwrap_or_default();
+    let status: String = row.get(17)?;
+    Ok(Run {
+        id: row.get(0)?,
+        parent_id: row.get(1)?,
+        name: row.get(2)?,
+        surface: row.get(3)?,
+        principal: row.get(4)?,
+        chain: json_list(row.get(5)?),
+        context: row.get::<_, i64>(6)? as u64,
+        claims: row
+            .get::<_, String>(7)?
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        service: row.get(8)?,
+        method: row.get(9)?,
+        input_sha256: row.get(10)?,
+        input: row.get(11)?,
+        input_truncated: row.get(12)?,
+        idempotency_key: row.get(13)?,
+        decision: row.get(14)?,
+        rule: row.get(15)?,
+        approvers: json_list(row.get(16)?),
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        result: row.get(18)?,
+        result_truncated: row.get(19)?,
+        error: row
+            .get::<_, Option<String>>(20)?
+            .and_then(|e| serde_json::from_str(&e).ok()),
+        approver: row.get(21)?,
+        decision_note: row.get(22)?,
+        created_at: row.get(23)?,
+        started_at: row.get(24)?,
+        finished_at: row.get(25)?,
+        expires_at: row.get(26)?,
+    })
+}
