@@ -35,7 +35,7 @@ impl Dispatcher {
             .transition(run_id, &[RunStatus::AwaitingApproval], RunStatus::Running, changes)
             .await?
         {
-            return Err(already_decided(run_id, self.runs().get(run_id).await?).into());
+            return Err(already_decided(run_id, self.runs().get(run_id).await?));
         }
         tracing::info!(%run_id, approver = %caller.principal.id, capability = %run.name, "approved");
         self.start_approved(run);
@@ -60,7 +60,7 @@ impl Dispatcher {
             .transition(run_id, &[RunStatus::AwaitingApproval], RunStatus::Rejected, changes)
             .await?
         {
-            return Err(already_decided(run_id, self.runs().get(run_id).await?).into());
+            return Err(already_decided(run_id, self.runs().get(run_id).await?));
         }
         tracing::info!(%run_id, by = %caller.principal.id, "rejected");
         Ok(self
@@ -102,7 +102,7 @@ impl Dispatcher {
             _ => false,
         };
         if !cancelled {
-            return Err(already_decided(run_id, self.runs().get(run_id).await?).into());
+            return Err(already_decided(run_id, self.runs().get(run_id).await?));
         }
         Ok(self
             .runs()
@@ -159,7 +159,7 @@ impl Dispatcher {
             ));
         }
         if run.status != RunStatus::AwaitingApproval {
-            return Err(already_decided(run_id, Some(run)).into());
+            return Err(already_decided(run_id, Some(run)));
         }
         Ok(run)
     }
