@@ -96,7 +96,7 @@ pub enum ExecError {
     Target {
         code: i64,
         message: String,
-        data: Option<Value>,
+        data: Option<Box<Value>>,
     },
 }
 
@@ -144,7 +144,7 @@ impl ExecError {
     fn data(&self) -> Option<Value> {
         match self {
             Self::InvalidParams { details, .. } if !details.is_empty() => Some(json!({ "errors": details })),
-            Self::Target { data, .. } => data.clone(),
+            Self::Target { data, .. } => data.as_deref().cloned(),
             Self::ApprovalPending { run_id, expires_at } => Some(json!({
                 "run_id": run_id,
                 "expires_at": expires_at,

@@ -214,8 +214,8 @@ impl Policy {
             let g = g.into_inner();
             let capabilities = patterns(&g.capabilities, line, &mut errors);
             let mut enum_list = |values: Option<Vec<String>>, known: &[&str], what: &str| {
-                values.map(|vs| {
-                    for v in &vs {
+                values.inspect(|vs| {
+                    for v in vs {
                         if !known.contains(&v.as_str()) {
                             errors.push(format!(
                                 "{source}:{line}: unknown {what} {v:?} (known: {})",
@@ -223,7 +223,6 @@ impl Policy {
                             ));
                         }
                     }
-                    vs
                 })
             };
             let side_effect = enum_list(

@@ -223,7 +223,7 @@ fn parse_answer(service: &str, bytes: &[u8]) -> Result<Box<RawValue>, ExecError>
                 (Some(code), Some(Value::String(message))) => Err(ExecError::Target {
                     code,
                     message,
-                    data: error.remove("data"),
+                    data: error.remove("data").map(Box::new),
                 }),
                 _ => Err(garbage("error object lacks an integer code or a string message")),
             }

@@ -262,16 +262,17 @@ async fn every_error_code() {
         "{response}"
     );
 
-    // The target's own error passes through unchanged.
+    // The target's own error passes through unchanged, plus the run it was recorded as.
     let response = rpc(
         &sock,
         "echo.fail",
         json!({"code": 4242, "message": "nope", "data": {"why": "asked to"}}),
     )
     .await;
+    let run_id = response["error"]["data"]["run_id"].as_str().expect("run_id").to_owned();
     assert_eq!(
         response["error"],
-        json!({"code": 4242, "message": "nope", "data": {"why": "asked to"}})
+        json!({"code": 4242, "message": "nope", "data": {"why": "asked to", "run_id": run_id}})
     );
 
     // After all that, the daemon still serves.

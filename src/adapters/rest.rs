@@ -65,7 +65,7 @@ pub fn problem_for_run(error: &ExecError, run_id: Option<&str>) -> Response {
     let status = error.http_status();
     let (errors, data) = match error {
         ExecError::InvalidParams { details, .. } => (Some(details.clone()), None),
-        ExecError::Target { data, .. } => (None, data.clone()),
+        ExecError::Target { data, .. } => (None, data.as_deref().cloned()),
         _ => (None, None),
     };
     let body = Problem {

@@ -359,7 +359,7 @@ fn outcome_of(run: &Run) -> Outcome {
             fail(ExecError::Target {
                 code: error["code"].as_i64().unwrap_or(crate::error::code::INTERNAL_ERROR),
                 message: error["message"].as_str().unwrap_or("the run failed").to_owned(),
-                data: error.get("data").cloned(),
+                data: error.get("data").cloned().map(Box::new),
             })
         }
     }
