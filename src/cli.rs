@@ -126,6 +126,20 @@ pub enum Command {
         #[command(flatten)]
         auth: SigningArgs,
     },
+    /// Inspect and decide runs
+    Runs {
+        #[command(subcommand)]
+        action: RunsAction,
+        #[command(flatten)]
+        auth: SigningArgs,
+    },
+    /// Check and explain the policy (needs executor.admin)
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+        #[command(flatten)]
+        auth: SigningArgs,
+    },
     /// Call a capability (or one of the executor's own methods) and print its result
     Call {
         /// `<service>.<method>`, e.g. `echo.echo`
@@ -144,6 +158,73 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+/// `hero_executor runs ...`
+#[derive(Debug, Subcommand)]
+pub enum RunsAction {
+    /// List runs, newest first
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        capability: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run in full
+    Show { run_id: String },
+    /// Wait until a run is final, then show it
+    Wait {
+        run_id: String,
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
+    /// Approve a held run (needs one of its approver claims; not your own run)
+    Approve {
+        run_id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Reject a held run
+    Reject {
+        run_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Cancel a held run
+    Cancel { run_id: String },
+    /// Delete final runs older than a given age (needs executor.admin)
+    Prune {
+        #[arg(long, default_value_t = 30 * 86_400)]
+        older_than_secs: u64,
+        #[arg(long)]
+        status: Option<String>,
+    },
+}
+
+/// `hero_executor policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// List policy patterns that match no capability in the catalog
+    Check,
+    /// Explain the decision for a capability (for you, or for an enrolled --for-keyid)
+    Explain {
+        capability: String,
+        #[arg(long = "for-keyid")]
+        for_keyid: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        claims: Option<Vec<String>>,
+        #[arg(long)]
+        context: Option<u64>,
+    },
+    /// Reload the daemon's policy file (an invalid file keeps the running policy)
+    Reload,
 }
 
 /// `hero_executor keys ...`

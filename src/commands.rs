@@ -10,7 +10,7 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cli::{Command, KeysAction, SigningArgs};
+use crate::cli::{Command, KeysAction, PolicyAction, RunsAction, SigningArgs};
 use crate::client::{Client, ClientError, Signer, hero_headers};
 use crate::identity::signature::{private_key_pem, public_key_pem};
 
@@ -59,6 +59,29 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Runs { action, auth } => runs(&client(&rpc_sock, auth).await?, action).await,
+        Command::Policy { action, auth } => {
+            let client = client(&rpc_sock, auth).await?;
+            let value = match action {
+                PolicyAction::Check => client.rpc("policy.check", json!({}), HeaderMap::new()).await,
+                PolicyAction::Explain {
+                    capability,
+                    for_keyid,
+                    claims,
+                    context,
+                } => {
+                    let params =
+                        json!({"capability": capability, "keyid": for_keyid, "claims": claims, "context": context});
+                    client
+                        .rpc("policy.explain", without_nulls(params), HeaderMap::new())
+                        .await
+                }
+                PolicyAction::Reload => client.rpc("policy.reload", json!({}), HeaderMap::new()).await,
+            }
+            .map_err(show)?;
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            Ok(())
+        }
         Command::Call {
             capability,
             params,
@@ -80,11 +103,112 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
             };
             let headers = hero_headers(*context, claims.as_deref(), user.as_deref()).map_err(show)?;
             let client = client(&rpc_sock, auth).await?;
-            let result = client.rpc(capability, params, headers).await.map_err(show)?;
+            let result = match client.rpc(capability, params, headers).await {
+                Err(ClientError::Rpc {
+                    code: -32010,
+                    data: Some(data),
+                    ..
+                }) => {
+                    let run_id = data["run_id"].as_str().unwrap_or_default();
+                    return Err(format!(
+                        "held for approval as run {run_id}; an approver runs `hero_executor runs approve {run_id}`, \
+                         and `hero_executor runs wait {run_id}` collects the result"
+                    ));
+                }
+                other => other.map_err(show)?,
+            };
             println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
             Ok(())
         }
     }
+}
+
+async fn runs(client: &Client, action: &RunsAction) -> Result<(), String> {
+    let rpc = |method: &'static str, params: Value| async move {
+        client
+            .rpc(method, without_nulls(params), HeaderMap::new())
+            .await
+            .map_err(show)
+    };
+    match action {
+        RunsAction::List {
+            status,
+            capability,
+            principal,
+            limit,
+            json,
+        } => {
+            let page = rpc(
+                "runs.list",
+                json!({"status": status, "capability": capability, "principal": principal, "limit": limit}),
+            )
+            .await?;
+            let runs = page["runs"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if *json {
+                print_json(&page);
+            } else {
+                print_runs(runs);
+            }
+        }
+        RunsAction::Show { run_id } => print_json(&rpc("runs.get", json!({ "run_id": run_id })).await?),
+        RunsAction::Wait { run_id, timeout_ms } => {
+            print_json(&rpc("runs.wait", json!({ "run_id": run_id, "timeout_ms": timeout_ms })).await?)
+        }
+        RunsAction::Approve { run_id, note } => {
+            let run = rpc("runs.approve", json!({ "run_id": run_id, "note": note })).await?;
+            println!(
+                "approved {run_id} ({}): now {}",
+                run["name"].as_str().unwrap_or_default(),
+                run["status"].as_str().unwrap_or_default()
+            );
+        }
+        RunsAction::Reject { run_id, reason } => {
+            rpc("runs.reject", json!({ "run_id": run_id, "reason": reason })).await?;
+            println!("rejected {run_id}");
+        }
+        RunsAction::Cancel { run_id } => {
+            rpc("runs.cancel", json!({ "run_id": run_id })).await?;
+            println!("cancelled {run_id}");
+        }
+        RunsAction::Prune {
+            older_than_secs,
+            status,
+        } => {
+            let pruned = rpc(
+                "runs.prune",
+                json!({ "older_than_s": older_than_secs, "status": status }),
+            )
+            .await?;
+            println!("deleted {} runs", pruned["deleted"]);
+        }
+    }
+    Ok(())
+}
+
+fn print_runs(runs: &[Value]) {
+    println!(
+        "{:<36}  {:<24} {:<17} {:<20} {:>6} {:>9}",
+        "ID", "NAME", "STATUS", "PRINCIPAL", "AGE", "DURATION"
+    );
+    for run in runs {
+        let age = ago(run["created_at"].as_i64().unwrap_or_default() / 1000);
+        let duration = run["duration_ms"]
+            .as_i64()
+            .map_or("-".to_owned(), |ms| format!("{ms}ms"));
+        println!(
+            "{:<36}  {:<24} {:<17} {:<20} {:>6} {:>9}",
+            run["id"].as_str().unwrap_or_default(),
+            run["name"].as_str().unwrap_or_default(),
+            run["status"].as_str().unwrap_or_default(),
+            run["principal"].as_str().unwrap_or_default(),
+            age.trim_end_matches(" ago"),
+            duration
+        );
+    }
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 /// A client of rpc.sock that signs with `--key` (if given) and verifies every response

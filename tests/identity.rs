@@ -12,27 +12,6 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 use serde_json::{Value, json};
 use sfv::FieldType;
 
-fn key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-fn b64_public(key: &SigningKey) -> String {
-    base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        key.verifying_key().as_bytes(),
-    )
-}
-
-/// Enrols a key as the owner (unsigned, same uid).
-async fn enrol(node: &Node, keyid: &str, key: &SigningKey, claims: &[&str], contexts: Option<&[u64]>) {
-    let mut params = json!({"keyid": keyid, "public_key": b64_public(key), "claims": claims});
-    if let Some(contexts) = contexts {
-        params["contexts"] = json!(contexts);
-    }
-    let response = rpc(&node.rpc_sock(), "keys.add", params).await;
-    assert!(response.get("result").is_some(), "keys.add: {response}");
-}
-
 fn now() -> i64 {
     hero_executor::now_unix()
 }

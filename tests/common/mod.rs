@@ -328,3 +328,38 @@ impl Node {
         std::fs::read_to_string(self.tmp.path().join("daemon.log")).unwrap_or_default()
     }
 }
+
+/// A deterministic test key.
+pub fn key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+/// The base64 of a key's raw public half.
+pub fn b64_public(key: &ed25519_dalek::SigningKey) -> String {
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        key.verifying_key().as_bytes(),
+    )
+}
+
+/// Enrols a key as the owner (unsigned, same uid).
+pub async fn enrol(
+    node: &Node,
+    keyid: &str,
+    key: &ed25519_dalek::SigningKey,
+    claims: &[&str],
+    contexts: Option<&[u64]>,
+) {
+    let mut params = json!({"keyid": keyid, "public_key": b64_public(key), "claims": claims});
+    if let Some(contexts) = contexts {
+        params["contexts"] = json!(contexts);
+    }
+    let response = rpc(&node.rpc_sock(), "keys.add", params).await;
+    assert!(response.get("result").is_some(), "keys.add: {response}");
+}
+
+/// A client of rpc.sock signing as `keyid`.
+pub fn signed_client(node: &Node, keyid: &str, key: &ed25519_dalek::SigningKey) -> hero_executor::client::Client {
+    hero_executor::client::Client::new(node.rpc_sock())
+        .with_signer(hero_executor::client::Signer::new(keyid, key.clone()))
+}

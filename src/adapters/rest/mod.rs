@@ -2,6 +2,8 @@
 //! into the same method call the OpenRPC surface makes, so both share one path through
 //! the dispatcher. Errors are `application/problem+json` (RFC 9457).
 
+mod runs;
+
 use std::sync::OnceLock;
 
 use axum::Router;
@@ -27,6 +29,14 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/catalog/{capability}", get(describe))
         .route("/api/v1/keys", get(keys_list).post(keys_add))
         .route("/api/v1/keys/{keyid}", delete(keys_revoke))
+        .route("/api/v1/runs", get(runs::list))
+        .route("/api/v1/runs/{id}", get(runs::get))
+        .route("/api/v1/runs/{id}/wait", get(runs::wait))
+        .route("/api/v1/runs/{id}/approve", post(runs::approve))
+        .route("/api/v1/runs/{id}/reject", post(runs::reject))
+        .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/api/v1/policy", get(runs::policy))
+        .route("/api/v1/policy/explain", post(runs::explain))
         .route("/openapi.json", get(openapi_document))
 }
 
@@ -137,6 +147,9 @@ async fn call(state: &AppState, caller: Option<Extension<Caller>>, method: &str,
     request_body(content = Object, description = "The capability's params (by name); an empty body means no params"),
     responses(
         (status = 200, description = "The target's result, as it sent it", body = Object),
+        (status = 202, description = "Held for approval: `{status, run_id, expires_at}`, `Location: /api/v1/runs/{id}`", body = Object),
+        (status = 403, description = "Denied by policy", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency key reused with different input", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Malformed body or headers", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No acceptable identity", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such capability", body = Problem, content_type = "application/problem+json"),
@@ -326,7 +339,22 @@ async fn keys_revoke(
         title = "hero_executor REST API",
         description = "REST surface of hero_executor (rest.sock)."
     ),
-    paths(execute, catalog, describe, keys_list, keys_add, keys_revoke),
+    paths(
+        execute,
+        catalog,
+        describe,
+        keys_list,
+        keys_add,
+        keys_revoke,
+        runs::list,
+        runs::get,
+        runs::wait,
+        runs::approve,
+        runs::reject,
+        runs::cancel,
+        runs::policy,
+        runs::explain
+    ),
     components(schemas(Problem, ParamError, NewKeyBody))
 )]
 pub struct ApiDoc;
