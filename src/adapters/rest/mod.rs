@@ -305,10 +305,21 @@ async fn keys_list(State(state): State<AppState>, caller: Option<Extension<Calle
     )
 )]
 async fn keys_add(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(params @ Value::Object(_)) => call(&state, caller, "keys.add", params).await,
-        Ok(_) => problem(&ExecError::InvalidRequest("the body must be a JSON object".into())),
-        Err(e) => problem(&ExecError::Parse(e.to_string())),
+    match object_body(&body) {
+        Ok(params) => call(&state, caller, "keys.add", Value::Object(params)).await,
+        Err(error) => problem(&error),
+    }
+}
+
+/// An optional JSON object body (empty means `{}`).
+fn object_body(body: &[u8]) -> Result<Map<String, Value>, ExecError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ExecError::InvalidRequest("the body must be a JSON object".into())),
+        Err(e) => Err(ExecError::Parse(e.to_string())),
     }
 }
 

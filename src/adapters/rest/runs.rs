@@ -5,10 +5,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use utoipa::IntoParams;
 
-use super::{Problem, call, problem};
+use super::{Problem, call, object_body, problem};
 use crate::AppState;
 use crate::error::ExecError;
 use crate::intent::Caller;
@@ -151,7 +151,7 @@ pub(super) async fn policy(State(state): State<AppState>, caller: Option<Extensi
 pub(super) async fn explain(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
     match object_body(&body) {
         Ok(params) => call(&state, caller, "policy.explain", Value::Object(params)).await,
-        Err(response) => response,
+        Err(error) => problem(&error),
     }
 }
 
@@ -165,25 +165,11 @@ async fn decide(
 ) -> Response {
     let mut params = match object_body(body) {
         Ok(params) => params,
-        Err(response) => return response,
+        Err(error) => return problem(&error),
     };
     params.retain(|k, _| k == field);
     params.insert("run_id".into(), id.into());
     call(state, caller, method, Value::Object(params)).await
-}
-
-/// An optional JSON object body.
-fn object_body(body: &[u8]) -> Result<Map<String, Value>, Response> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(problem(&ExecError::InvalidRequest(
-            "the body must be a JSON object".into(),
-        ))),
-        Err(e) => Err(problem(&ExecError::Parse(e.to_string()))),
-    }
 }
 
 fn without_nulls(mut value: Value) -> Value {
