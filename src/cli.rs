@@ -255,9 +255,9 @@ pub enum KeysAction {
 #[derive(Debug, Clone, Args)]
 pub struct SigningArgs {
     /// Private key (PKCS#8 PEM) to sign with
-    #[arg(long, env = "HERO_EXECUTOR_KEY", requires = "keyid")]
+    #[arg(long, global = true, env = "HERO_EXECUTOR_KEY", requires = "keyid")]
     pub key: Option<PathBuf>,
     /// The keyid the key is enrolled under
-    #[arg(long, env = "HERO_EXECUTOR_KEYID", requires = "key")]
+    #[arg(long, global = true, env = "HERO_EXECUTOR_KEYID", requires = "key")]
     pub keyid: Option<String>,
 }

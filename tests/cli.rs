@@ -100,6 +100,39 @@ async fn keygen_enrol_call_list_revoke() {
         "{out}"
     );
 
+    // The README's approval flow: held, listed, approved by the owner, collected by the agent.
+    let held = cli(&node, &[&["call", "echo.counter.reset"][..], &signed].concat());
+    assert_eq!(held.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&held.stderr);
+    assert!(stderr.contains("held for approval as run "), "{stderr}");
+    let out = ok(&cli(&node, &["runs", "list", "--status", "awaiting_approval"]));
+    let run_id = out
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(out.lines().nth(1).unwrap().contains("echo.counter.reset"), "{out}");
+    let out = ok(&cli(&node, &["runs", "approve", &run_id, "--note", "fine"]));
+    assert!(out.contains("approved"), "{out}");
+    let out = ok(&cli(&node, &[&["runs", "wait", run_id.as_str()][..], &signed].concat()));
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let out = ok(&cli(&node, &["runs", "list"]));
+    assert!(out.lines().next().unwrap().split_whitespace().eq([
+        "ID",
+        "NAME",
+        "STATUS",
+        "PRINCIPAL",
+        "AGE",
+        "DURATION"
+    ]));
+    assert!(
+        out.lines()
+            .any(|l| l.contains("echo.counter.reset") && l.contains("succeeded") && l.contains(&keyid)),
+        "{out}"
+    );
+
     ok(&cli(&node, &["keys", "revoke", &keyid]));
     let refused = cli(
         &node,
