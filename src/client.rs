@@ -95,13 +95,7 @@ impl Signer {
         let nonce = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(nonce);
         let inner = signature::params_inner_list(&refs, now, None, Some(&nonce), &self.keyid)?;
         let params_line = signature::serialize_inner_list(&inner)?;
-        let view = MessageView {
-            method,
-            uri,
-            headers,
-            scheme: "http",
-            status: None,
-        };
+        let view = MessageView::request(method, uri, headers);
         let base = signature::signature_base(&view, None, &inner.items, &params_line)?;
         let sig = signature::sign_ed25519(&self.key, &base);
         let value = |s: String| HeaderValue::from_str(&s).map_err(|_| SigError("unencodable signature header".into()));
@@ -228,13 +222,7 @@ impl Client {
             && !crate::identity::is_open_route(uri.path())
             && !unsigned_rejection
         {
-            let request = MessageView {
-                method: &method,
-                uri: &uri,
-                headers: &headers,
-                scheme: "http",
-                status: None,
-            };
+            let request = MessageView::request(&method, &uri, &headers);
             verify_response(key, &request, &reply)?;
             reply.verified = true;
         }

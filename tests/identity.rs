@@ -45,13 +45,7 @@ fn signed_with_params(key: &SigningKey, params: &str, body: &[u8], extra: &[(&st
         panic!("not an inner list")
     };
     let line = list.serialize().unwrap();
-    let view = MessageView {
-        method: &Method::POST,
-        uri: &uri,
-        headers: &headers,
-        scheme: "http",
-        status: None,
-    };
+    let view = MessageView::request(&Method::POST, &uri, &headers);
     let base = signature::signature_base(&view, None, &inner.items, &line).unwrap();
     let sig = signature::sign_ed25519(key, &base);
     headers.insert("signature-input", format!("sig1={line}").parse().unwrap());
@@ -146,13 +140,7 @@ async fn tampered_responses_fail_the_clients_check() {
         body: answer.body,
         verified: false,
     };
-    let request = MessageView {
-        method: &Method::POST,
-        uri: &uri,
-        headers: &headers,
-        scheme: "http",
-        status: None,
-    };
+    let request = MessageView::request(&Method::POST, &uri, &headers);
     verify_response(&executor_key, &request, &reply).expect("the genuine response verifies");
 
     let tampered_body = Reply {

@@ -42,6 +42,20 @@ pub struct MessageView<'a> {
     pub status: Option<u16>,
 }
 
+impl<'a> MessageView<'a> {
+    /// A request received on (or sent to) one of the executor's listeners, which are all plain
+    /// HTTP: Unix sockets, and TCP without TLS.
+    pub fn request(method: &'a Method, uri: &'a Uri, headers: &'a HeaderMap) -> Self {
+        Self {
+            method,
+            uri,
+            headers,
+            scheme: "http",
+            status: None,
+        }
+    }
+}
+
 /// The request side, for response components with `;req`.
 pub type RequestView<'a> = MessageView<'a>;
 

@@ -140,13 +140,7 @@ impl Verifier {
                 .map_err(|_| unauth("Content-Digest is not visible ASCII"))?;
             signature::verify_content_digest(digest, body).map_err(|e| unauth(e.0))?;
         }
-        let view = MessageView {
-            method,
-            uri,
-            headers,
-            scheme: "http",
-            status: None,
-        };
+        let view = MessageView::request(method, uri, headers);
         let base = signature::signature_base(&view, None, &s.components, &s.params_line).map_err(|e| unauth(e.0))?;
         signature::verify_ed25519(&key.public_key, &base, &s.signature).map_err(|e| unauth(e.0))?;
         // Only a verified signature may use up a slot in the replay cache.
