@@ -140,6 +140,15 @@ pub enum Command {
         #[command(flatten)]
         auth: SigningArgs,
     },
+    /// Serve MCP on stdin/stdout for an LLM runtime, forwarding every request to the daemon
+    /// (signed with --key); logs go to stderr only
+    Mcp {
+        #[command(flatten)]
+        auth: SigningArgs,
+        /// List each capability as its own tool instead of the meta-tools
+        #[arg(long)]
+        direct_tools: bool,
+    },
     /// Call a capability (or one of the executor's own methods) and print its result
     Call {
         /// `<service>.<method>`, e.g. `echo.echo`

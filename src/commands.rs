@@ -59,6 +59,13 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Mcp { auth, direct_tools } => {
+            let signer = match (&auth.key, &auth.keyid) {
+                (Some(key), Some(keyid)) => Some(Signer::load(key, keyid.clone()).map_err(show)?),
+                _ => None,
+            };
+            crate::mcp_bridge::run_stdio_bridge(&rpc_sock, signer, *direct_tools).await
+        }
         Command::Runs { action, auth } => runs(&client(&rpc_sock, auth).await?, action).await,
         Command::Policy { action, auth } => {
             let client = client(&rpc_sock, auth).await?;

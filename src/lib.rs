@@ -31,6 +31,7 @@ pub mod identity;
 pub mod intent;
 pub mod jsonrpc;
 pub mod limits;
+pub mod mcp_bridge;
 pub mod methods;
 pub mod policy;
 pub mod runs;
@@ -125,12 +126,12 @@ impl AppState {
     }
 }
 
-/// The router of `rpc.sock`: OpenRPC (`POST /rpc`, `GET /openrpc.json`) and hero endpoints.
+/// The router of `rpc.sock`: OpenRPC (`POST /rpc`, `GET /openrpc.json`), MCP (`/mcp`) and hero endpoints.
 pub fn rpc_router(state: AppState) -> Router {
-    finish(
-        adapters::hero::routes(SocketKind::Rpc).merge(adapters::openrpc::routes()),
-        state,
-    )
+    let routes = adapters::hero::routes(SocketKind::Rpc)
+        .merge(adapters::openrpc::routes())
+        .merge(adapters::mcp::routes(&state));
+    finish(routes, state)
 }
 
 /// The router of `rest.sock`: REST under `/api/v1`, `GET /openapi.json` and hero endpoints.
@@ -141,10 +142,11 @@ pub fn rest_router(state: AppState) -> Router {
     )
 }
 
-/// The router of the optional TCP listener: OpenRPC and REST together.
+/// The router of the optional TCP listener: OpenRPC, MCP and REST together.
 pub fn tcp_router(state: AppState) -> Router {
     let routes = adapters::hero::routes(SocketKind::Rpc)
         .merge(adapters::openrpc::routes())
+        .merge(adapters::mcp::routes(&state))
         .merge(adapters::rest::routes());
     finish(routes, state)
 }

@@ -386,6 +386,18 @@ impl Policy {
         out
     }
 
+    /// Every claim that may approve something.
+    pub fn approver_claims(&self) -> Vec<&str> {
+        let mut claims: Vec<&str> = self
+            .guards
+            .iter()
+            .flat_map(|g| g.approvers.iter().map(String::as_str))
+            .collect();
+        claims.sort_unstable();
+        claims.dedup();
+        claims
+    }
+
     /// How many rules the policy has.
     pub fn rule_count(&self) -> usize {
         self.grants.len() + self.guards.len()

@@ -2,6 +2,7 @@
 //! nothing else. Policy, forwarding and records live behind [`crate::dispatch`].
 
 pub mod hero;
+pub mod mcp;
 pub mod openrpc;
 pub mod rest;
 

@@ -91,6 +91,14 @@ pub async fn sign_response(State(state): State<AppState>, request: Request, next
         None => Default::default(),
     };
     let response = next.run(request).await;
+    // A long-lived event stream (MCP's GET /mcp) cannot be buffered to be signed.
+    let streaming = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if streaming && method == http::Method::GET {
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         tracing::error!("could not read a response body to sign it");

@@ -1,0 +1,444 @@
+//! MCP surface (DESIGN section 5): Streamable HTTP at `/mcp` on rpc.sock and the TCP
+//! listener, on the official Rust SDK (`rmcp`). The identity layer runs first; each tool
+//! call reads the verified [`Caller`] from the HTTP request parts rmcp hands to handlers,
+//! and goes through the same dispatcher (policy, runs) as every other surface.
+//!
+//! Default tools are a few meta-tools (`search`, `describe`, `execute`, `run_status`, and
+//! `approve`/`reject` for approvers), so a large catalog does not flood a model's context.
+//! `/mcp?tools=direct` lists each capability the caller may run as its own tool.
+
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, InitializeRequestParams,
+    InitializeResult, ListToolsResult, PaginatedRequestParams, ServerCapabilities, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::catalog::Capability;
+use crate::catalog::spec::{Idempotency, SideEffect};
+use crate::error::{ExecError, Failure};
+use crate::intent::{Caller, CapabilityName, Intent, Surface};
+
+/// Tools per `tools/list` page in direct mode.
+const PAGE: usize = 50;
+
+/// `/mcp` (GET, POST, DELETE: Streamable HTTP).
+pub fn routes(state: &AppState) -> axum::Router<AppState> {
+    axum::Router::new().route_service("/mcp", service(state.clone()))
+}
+
+/// The `/mcp` service: one [`McpServer`] per MCP session.
+pub fn service(state: AppState) -> StreamableHttpService<McpServer, LocalSessionManager> {
+    let mut config = StreamableHttpServerConfig::default();
+    config.max_request_body_bytes = state.config.max_body_bytes;
+    StreamableHttpService::new(
+        move || Ok(McpServer::new(state.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// The MCP server of one session, bound to the principal that opened it.
+#[derive(Clone)]
+pub struct McpServer {
+    state: AppState,
+    principal: Arc<Mutex<Option<String>>>,
+}
+
+impl McpServer {
+    fn new(state: AppState) -> Self {
+        Self {
+            state,
+            principal: Arc::default(),
+        }
+    }
+
+    /// The verified caller of this request; a session stays with the principal that opened it.
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Result<(Caller, bool), McpError> {
+        let parts = ctx.extensions.get::<http::request::Parts>();
+        let caller = parts
+            .and_then(|p| p.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| McpError::invalid_request("no verified identity on this request", None))?;
+        let direct = parts
+            .and_then(|p| p.uri.query())
+            .is_some_and(|q| q.split('&').any(|kv| kv == "tools=direct"));
+        let mut bound = self.principal.lock().unwrap_or_else(|p| p.into_inner());
+        match bound.as_deref() {
+            None => *bound = Some(caller.principal.id.clone()),
+            Some(owner) if owner != caller.principal.id => {
+                return Err(McpError::invalid_request(
+                    "this MCP session belongs to another principal",
+                    None,
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok((caller, direct))
+    }
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new(crate::SERVICE_NAME, crate::VERSION))
+        .with_instructions(
+            "hero_executor runs capabilities of the services on this HERO node under policy. \
+                 Use `search` to find a capability, `describe` to see its params, `execute` to run it. \
+                 A call may be held for a human's approval: then `run_status` waits for its outcome.",
+        )
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        self.caller(&context)?;
+        context.peer.set_peer_info(request.clone());
+        // Tell the client when the set of capabilities changes, for as long as it listens.
+        let peer = context.peer.clone();
+        let mut changes = self.state.dispatcher.catalog().subscribe();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.negotiate_initialize(&request)
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let (caller, direct) = self.caller(&context)?;
+        if !direct {
+            return Ok(ListToolsResult::with_all_items(meta_tools(&self.state, &caller)));
+        }
+        let snapshot = self.state.dispatcher.catalog().snapshot();
+        let visible: Vec<&Arc<Capability>> = snapshot
+            .capabilities()
+            .filter(|c| self.state.dispatcher.may_see(&caller, c))
+            .collect();
+        let start = match request.and_then(|r| r.cursor) {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<usize>()
+                .map_err(|_| McpError::invalid_params("invalid cursor", None))?,
+        };
+        let tools = visible.iter().skip(start).take(PAGE).map(|c| direct_tool(c)).collect();
+        let mut result = ListToolsResult::with_all_items(tools);
+        if start + PAGE < visible.len() {
+            result.next_cursor = Some((start + PAGE).to_string());
+        }
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let (caller, direct) = self.caller(&context)?;
+        let args = Value::Object(request.arguments.clone().unwrap_or_default());
+        let d = &self.state.dispatcher;
+        let method = |name: &'static str, params: Value| d.call(&caller, Surface::Mcp, name, Some(params));
+        let outcome = if direct {
+            let snapshot = d.catalog().snapshot();
+            let Some(capability) = snapshot.capabilities().find(|c| tool_name(&c.name) == request.name) else {
+                return Ok(failure(ExecError::NotFound(format!("no tool {}", request.name)).into()).into());
+            };
+            run(&self.state, &caller, &capability.name, Some(args)).await
+        } else {
+            let arg = |key: &str| args.get(key).cloned().unwrap_or(Value::Null);
+            match request.name.as_ref() {
+                "search" => {
+                    method(
+                        "catalog.search",
+                        json!({"query": arg("query"), "limit": args.get("limit").cloned().unwrap_or(json!(10))}),
+                    )
+                    .await
+                }
+                "describe" => method("catalog.describe", json!({"capability": arg("capability")})).await,
+                "execute" => match arg("capability").as_str() {
+                    Some(name) => run(&self.state, &caller, name, args.get("params").cloned()).await,
+                    None => Err(ExecError::invalid_params("execute needs a capability name").into()),
+                },
+                "run_status" => {
+                    let wait = args.get("wait_ms").and_then(Value::as_u64).unwrap_or(0);
+                    method("runs.wait", json!({"run_id": arg("run_id"), "timeout_ms": wait})).await
+                }
+                "approve" => {
+                    method(
+                        "runs.approve",
+                        without_nulls(json!({"run_id": arg("run_id"), "note": arg("note")})),
+                    )
+                    .await
+                }
+                "reject" => {
+                    method(
+                        "runs.reject",
+                        without_nulls(json!({"run_id": arg("run_id"), "reason": arg("reason")})),
+                    )
+                    .await
+                }
+                other => Err(ExecError::NotFound(format!("no tool {other}")).into()),
+            }
+        };
+        Ok(match outcome {
+            Ok(result) => success(serde_json::from_str(result.get()).unwrap_or(Value::Null)),
+            Err(f) => failure(f),
+        }
+        .into())
+    }
+}
+
+/// Runs a capability as an MCP intent.
+async fn run(state: &AppState, caller: &Caller, capability: &str, params: Option<Value>) -> crate::intent::Outcome {
+    let capability = CapabilityName::parse(capability).map_err(ExecError::invalid_params)?;
+    let intent = Intent {
+        caller: caller.clone(),
+        capability,
+        params: params.filter(|p| !p.is_null()),
+        surface: Surface::Mcp,
+        idempotency_key: None,
+    };
+    state.dispatcher.execute(intent).await
+}
+
+fn success(value: Value) -> CallToolResult {
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    // structuredContent is an object; other results are wrapped.
+    result.structured_content = Some(match value {
+        Value::Object(_) => value,
+        other => json!({ "result": other }),
+    });
+    result
+}
+
+/// A held call is a normal result (the model should wait, not retry); errors are tool errors.
+fn failure(f: Failure) -> CallToolResult {
+    if let ExecError::ApprovalPending { run_id, expires_at } = &f.error {
+        return success(json!({
+            "status": "awaiting_approval",
+            "run_id": run_id,
+            "expires_at": expires_at,
+            "next": "call run_status with this run_id and wait_ms to wait for the outcome",
+        }));
+    }
+    let error = f.error.to_jsonrpc(f.run_id.as_deref());
+    let mut result = CallToolResult::error(vec![ContentBlock::text(format!(
+        "error {}: {}",
+        f.error.code(),
+        f.error.public_message()
+    ))]);
+    result.structured_content = Some(json!({ "error": error }));
+    result
+}
+
+fn without_nulls(mut value: Value) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.retain(|_, v| !v.is_null());
+    }
+    value
+}
+
+fn schema(value: Value) -> Arc<Map<String, Value>> {
+    Arc::new(value.as_object().cloned().unwrap_or_default())
+}
+
+/// The meta-tools this caller may use; `execute` names the services it can reach.
+fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
+    let snapshot = state.dispatcher.catalog().snapshot();
+    let services: Vec<&str> = snapshot
+        .services
+        .values()
+        .filter(|s| s.capabilities.values().any(|c| state.dispatcher.may_see(caller, c)))
+        .map(|s| s.name.as_str())
+        .collect();
+    let services = match services.is_empty() {
+        true => "none yet".to_owned(),
+        false => services.join(", "),
+    };
+    let read = ToolAnnotations::new().read_only(true).idempotent(true);
+    let mut tools = vec![
+        Tool::new(
+            "search",
+            "Find capabilities (service methods) you may run, by words in their name or description. \
+             Start here when you do not know the exact capability name.",
+            schema(json!({"type": "object", "properties": {
+                "query": {"type": "string", "description": "words to look for, e.g. 'book search'"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 200, "description": "at most this many (default 10)"}},
+                "required": ["query"]})),
+        )
+        .with_annotations(read.clone()),
+        Tool::new(
+            "describe",
+            "Show one capability in full: what it does, its params as JSON Schema, its result, and whether \
+             calling it needs approval. Use before execute when unsure of the params.",
+            schema(json!({"type": "object", "properties": {
+                "capability": {"type": "string", "description": "<service>.<method>, as returned by search"}},
+                "required": ["capability"]})),
+        )
+        .with_annotations(read.clone()),
+        Tool::new(
+            "execute",
+            format!(
+                "Run a capability with params. Services you can reach: {services}. Some calls are held for a \
+                 human's approval: the result then has status awaiting_approval and a run_id to pass to run_status."
+            ),
+            schema(json!({"type": "object", "properties": {
+                "capability": {"type": "string", "description": "<service>.<method>"},
+                "params": {"type": "object", "description": "the capability's params, by name (see describe)"}},
+                "required": ["capability"]})),
+        )
+        .with_annotations(ToolAnnotations::new().destructive(true).open_world(true)),
+        Tool::new(
+            "run_status",
+            "Get the status and outcome of a run (a call held for approval, or any earlier call), waiting up \
+             to wait_ms for it to finish.",
+            schema(json!({"type": "object", "properties": {
+                "run_id": {"type": "string"},
+                "wait_ms": {"type": "integer", "minimum": 0, "maximum": 600000, "description": "how long to wait for a final status (default 0)"}},
+                "required": ["run_id"]})),
+        )
+        .with_annotations(read),
+    ];
+    let approver = state
+        .dispatcher
+        .policy()
+        .approver_claims()
+        .iter()
+        .any(|c| caller.claims.holds(c));
+    if approver {
+        let decide = |verb: &str, extra: &str| {
+            json!({"type": "object", "properties": {
+                "run_id": {"type": "string", "description": format!("the held run to {verb}")},
+                extra: {"type": "string"}}, "required": ["run_id"]})
+        };
+        tools.push(Tool::new(
+            "approve",
+            "Approve a call that is waiting for approval (you hold an approver claim). It then runs. You cannot \
+             approve your own calls.",
+            schema(decide("approve", "note")),
+        ));
+        tools.push(Tool::new(
+            "reject",
+            "Reject a call that is waiting for approval.",
+            schema(decide("reject", "reason")),
+        ));
+    }
+    tools
+}
+
+/// A capability as its own tool: schemas from the service's spec, hints from `x-hero-intent`.
+fn direct_tool(capability: &Capability) -> Tool {
+    let description = match (&capability.summary, &capability.description) {
+        (Some(s), Some(d)) => format!("{s}. {d}"),
+        (Some(s), None) => s.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => format!("{} on {}", capability.method, capability.service),
+    };
+    let intent = &capability.intent;
+    let annotations = ToolAnnotations::new()
+        .read_only(intent.side_effect_class == SideEffect::Read)
+        .destructive(matches!(
+            intent.side_effect_class,
+            SideEffect::MutateOthers | SideEffect::Admin
+        ))
+        .idempotent(matches!(
+            intent.idempotency,
+            Idempotency::Safe | Idempotency::ReplaySafe
+        ));
+    let mut tool = Tool::new(
+        tool_name(&capability.name),
+        description,
+        schema(capability.params_schema.clone()),
+    )
+    .with_annotations(annotations)
+    .with_title(capability.name.clone());
+    if let Some(output) = output_schema(capability) {
+        tool = tool.with_raw_output_schema(schema(output));
+    }
+    tool
+}
+
+/// The result schema as an MCP `outputSchema` (which must describe an object): a top-level
+/// `$ref` into the service's components is resolved, and the components kept for nested refs.
+fn output_schema(capability: &Capability) -> Option<Value> {
+    let components = capability.params_schema.get("components");
+    let mut result = capability.result.as_ref()?.get("schema")?.clone();
+    if let Some(name) = result
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    {
+        result = components?.get("schemas")?.get(name)?.clone();
+    }
+    if result.get("type").and_then(Value::as_str) != Some("object") {
+        return None;
+    }
+    if let Some(components) = components {
+        result["components"] = components.clone();
+    }
+    Some(result)
+}
+
+/// A capability's MCP tool name: within `[A-Za-z0-9_.-]{1,128}`, deterministically.
+pub fn tool_name(capability: &str) -> String {
+    let mapped: String = capability
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if mapped.len() <= 128 && mapped == capability {
+        return mapped;
+    }
+    // Changed or too long: keep it unique with a short hash of the original name.
+    use sha2::Digest;
+    let hash = hex::encode(&sha2::Sha256::digest(capability.as_bytes())[..4]);
+    let keep = mapped.chars().take(128 - 9).collect::<String>();
+    format!("{keep}-{hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tool_name;
+
+    #[test]
+    fn tool_names_follow_the_mcp_rule() {
+        assert_eq!(tool_name("echo.counter.add"), "echo.counter.add");
+        let odd = tool_name("svc.path/with spaces");
+        assert!(
+            odd.starts_with("svc.path_with_spaces-") && odd.len() == "svc.path_with_spaces-".len() + 8,
+            "{odd}"
+        );
+        assert_ne!(tool_name("svc.a/b"), tool_name("svc.a_b"), "mapping keeps names unique");
+        let long = tool_name(&format!("svc.{}", "x".repeat(300)));
+        assert_eq!(long.len(), 128);
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        );
+    }
+}
