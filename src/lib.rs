@@ -130,7 +130,7 @@ impl AppState {
 pub fn rpc_router(state: AppState) -> Router {
     let routes = adapters::hero::routes(SocketKind::Rpc)
         .merge(adapters::openrpc::routes())
-        .merge(adapters::mcp::routes(&state));
+        .merge(adapters::mcp::routes(&state, false));
     finish(routes, state)
 }
 
@@ -146,7 +146,7 @@ pub fn rest_router(state: AppState) -> Router {
 pub fn tcp_router(state: AppState) -> Router {
     let routes = adapters::hero::routes(SocketKind::Rpc)
         .merge(adapters::openrpc::routes())
-        .merge(adapters::mcp::routes(&state))
+        .merge(adapters::mcp::routes(&state, true))
         .merge(adapters::rest::routes());
     finish(routes, state)
 }

@@ -28,14 +28,21 @@ use crate::intent::{Caller, CapabilityName, Intent, Surface};
 /// Tools per `tools/list` page in direct mode.
 const PAGE: usize = 50;
 
-/// `/mcp` (GET, POST, DELETE: Streamable HTTP).
-pub fn routes(state: &AppState) -> axum::Router<AppState> {
-    axum::Router::new().route_service("/mcp", service(state.clone()))
+/// `/mcp` (GET, POST, DELETE: Streamable HTTP). `remote` is for the TCP listener.
+pub fn routes(state: &AppState, remote: bool) -> axum::Router<AppState> {
+    axum::Router::new().route_service("/mcp", service(state.clone(), remote))
 }
 
 /// The `/mcp` service: one [`McpServer`] per MCP session.
-pub fn service(state: AppState) -> StreamableHttpService<McpServer, LocalSessionManager> {
+///
+/// rmcp checks `Host` against loopback names to stop DNS rebinding from a local browser.
+/// The TCP listener requires signatures, which a rebinding page cannot make, so the check
+/// is off there and remote callers may use their own host names.
+pub fn service(state: AppState, remote: bool) -> StreamableHttpService<McpServer, LocalSessionManager> {
     let mut config = StreamableHttpServerConfig::default();
+    if remote {
+        config = config.disable_allowed_hosts();
+    }
     config.max_request_body_bytes = state.config.max_body_bytes;
     StreamableHttpService::new(
         move || Ok(McpServer::new(state.clone())),
