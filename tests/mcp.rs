@@ -369,3 +369,50 @@ async fn protocol_versions_2025_06_18_and_2025_11_25_over_plain_http() {
         assert_eq!(result["isError"], false);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_on_the_tcp_listener_needs_a_signature_and_any_host() {
+    let node = Node::new();
+    let mut config = node.config();
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    let executor = node.start(config).await;
+    enrol(&node, "remote", &key(5), &["agent"], None).await;
+    let addr = executor.tcp.unwrap();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "remote", "version": "1"}}})
+    .to_string();
+    let send = |signed: bool| {
+        let init = init.clone();
+        async move {
+            let uri: http::Uri = "/mcp".parse().unwrap();
+            let mut headers = http::HeaderMap::new();
+            headers.insert("host", "executor.node.example:9944".parse().unwrap());
+            headers.insert("content-type", "application/json".parse().unwrap());
+            headers.insert("accept", "application/json, text/event-stream".parse().unwrap());
+            if signed {
+                Signer::new("remote", key(5))
+                    .sign(
+                        &http::Method::POST,
+                        &uri,
+                        &mut headers,
+                        init.as_bytes(),
+                        hero_executor::now_unix(),
+                    )
+                    .unwrap();
+            }
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut request = http::Request::post(uri);
+            *request.headers_mut().unwrap() = headers;
+            let request = request
+                .body(http_body_util::Full::new(bytes::Bytes::from(init)))
+                .unwrap();
+            sender.send_request(request).await.unwrap().status()
+        }
+    };
+    assert_eq!(send(false).await, 401);
+    assert_eq!(send(true).await, 200);
+}
