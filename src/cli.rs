@@ -17,6 +17,22 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// Register with hero_proc, start under it, and wait until /health answers (idempotent)
+    #[arg(long, conflicts_with_all = ["stop", "info"])]
+    pub start: bool,
+
+    /// Stop through hero_proc, or signal the instance holding the lock file, and wait
+    #[arg(long, conflicts_with = "info")]
+    pub stop: bool,
+
+    /// Print the service description (name, version, binary, sockets, protocols) as TOML
+    #[arg(long)]
+    pub info: bool,
+
+    /// How long --start and --stop wait, in seconds
+    #[arg(long, default_value_t = 10)]
+    pub start_timeout_secs: u64,
+
     /// Hero socket directory [default: $HERO_SOCKET_DIR, $PATH_SOCKET, ~/hero/var/sockets]
     #[arg(long, global = true)]
     pub socket_dir: Option<PathBuf>,
@@ -83,6 +99,54 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The daemon flags that reproduce `config` and these options, with absolute paths: what
+    /// `--start` asks hero_proc to run.
+    pub fn daemon_args(&self, config: &Config) -> Vec<String> {
+        let absolute = |p: &std::path::Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_owned())
+                .display()
+                .to_string()
+        };
+        let mut args = vec![
+            "--socket-dir".to_owned(),
+            absolute(&config.socket_dir),
+            "--data-dir".to_owned(),
+            absolute(&config.data_dir),
+            "--log-format".to_owned(),
+            format!("{:?}", self.log_format).to_lowercase(),
+            "--call-timeout-ms".to_owned(),
+            self.call_timeout_ms.to_string(),
+            "--max-body-bytes".to_owned(),
+            self.max_body_bytes.to_string(),
+            "--max-batch".to_owned(),
+            self.max_batch.to_string(),
+            "--unsigned-local".to_owned(),
+            format!("{:?}", self.unsigned_local).to_lowercase(),
+            "--catalog-refresh-secs".to_owned(),
+            self.catalog_refresh_secs.to_string(),
+            "--drain-timeout-secs".to_owned(),
+            self.drain_timeout_secs.to_string(),
+            "--signature-max-age-secs".to_owned(),
+            self.signature_max_age_secs.to_string(),
+            "--require-nonce".to_owned(),
+            self.require_nonce.to_string(),
+            "--approval-ttl-secs".to_owned(),
+            self.approval_ttl_secs.to_string(),
+            "--run-payload-cap-bytes".to_owned(),
+            self.run_payload_cap_bytes.to_string(),
+            "--runs-retention-days".to_owned(),
+            self.runs_retention_days.to_string(),
+        ];
+        if let Some(listen) = self.listen {
+            args.extend(["--listen".to_owned(), listen.to_string()]);
+        }
+        if let Some(policy) = &self.policy {
+            args.extend(["--policy".to_owned(), absolute(policy)]);
+        }
+        args
+    }
+
     /// The daemon configuration these flags describe.
     pub fn config(&self) -> Result<Config, String> {
         let socket_dir = config::default_socket_dir(self.socket_dir.as_deref())?;

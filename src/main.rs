@@ -22,6 +22,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.info {
+        print!("{}", hero_executor::lifecycle::info(&config));
+        return ExitCode::SUCCESS;
+    }
+    if cli.start || cli.stop {
+        return lifecycle(&cli, &config);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -72,6 +79,34 @@ fn run_command(cli: &Cli, command: &hero_executor::cli::Command) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hero_executor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--start` / `--stop`.
+fn lifecycle(cli: &Cli, config: &hero_executor::config::Config) -> ExitCode {
+    let timeout = std::time::Duration::from_secs(cli.start_timeout_secs.max(1));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hero_executor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.start {
+            true => hero_executor::lifecycle::start(config, &cli.daemon_args(config), timeout).await,
+            false => hero_executor::lifecycle::stop(config, timeout).await,
+        }
+    });
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("hero_executor: {e}");
             ExitCode::FAILURE

@@ -155,6 +155,21 @@ fn take_lock(own_dir: &Path) -> Result<File, StartError> {
     Ok(file)
 }
 
+/// The pid of the instance holding the lock on this socket dir, if one is running.
+pub fn running_pid(config: &Config) -> Option<i32> {
+    let path = config.own_socket_dir().join("hero_executor.lock");
+    let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    match file.try_lock() {
+        // We got the lock: nobody holds it. Release it at once.
+        Ok(()) => None,
+        Err(_) => {
+            let mut pid = String::new();
+            file.read_to_string(&mut pid).ok()?;
+            pid.trim().parse().ok()
+        }
+    }
+}
+
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
 /// (at most `config.drain_timeout`) and removes the socket files.
 pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = ()> + Send) {

@@ -106,6 +106,21 @@ impl Upstream {
         parse_answer(service, &bytes)
     }
 
+    /// Calls `method` with no hero headers (for the executor's own administrative calls,
+    /// e.g. to hero_proc); returns the parsed result.
+    pub async fn call_plain(
+        &self,
+        service: &str,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, ExecError> {
+        let body = jsonrpc::request("1", method, params);
+        let bytes = self.exchange(service, &body, None, timeout).await?;
+        let result = parse_answer(service, &bytes)?;
+        serde_json::from_str(result.get()).map_err(|e| ExecError::TargetProtocol(e.to_string()))
+    }
+
     /// Calls `rpc.discover` and returns the raw text of its `result`, for fingerprinting.
     pub async fn discover(&self, service: &str, timeout: Duration) -> Result<String, ExecError> {
         let body = jsonrpc::request("discover", "rpc.discover", None);
