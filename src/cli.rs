@@ -93,6 +93,22 @@ pub struct Cli {
     #[arg(long, default_value_t = 30)]
     pub runs_retention_days: u64,
 
+    /// Requests per second per principal (0: unlimited)
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate_limit_rps: f64,
+
+    /// Burst of requests a principal may send above its rate
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate_limit_burst: f64,
+
+    /// Requests in flight across all listeners; more are shed with 503
+    #[arg(long, default_value_t = 1024)]
+    pub max_concurrent: usize,
+
+    /// Calls in flight to one target service; more wait within their timeout
+    #[arg(long, default_value_t = 64)]
+    pub max_per_target: usize,
+
     /// Require a `nonce` on request signatures (replays are refused)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub require_nonce: bool,
@@ -137,6 +153,14 @@ impl Cli {
             self.run_payload_cap_bytes.to_string(),
             "--runs-retention-days".to_owned(),
             self.runs_retention_days.to_string(),
+            "--rate-limit-rps".to_owned(),
+            self.rate_limit_rps.to_string(),
+            "--rate-limit-burst".to_owned(),
+            self.rate_limit_burst.to_string(),
+            "--max-concurrent".to_owned(),
+            self.max_concurrent.to_string(),
+            "--max-per-target".to_owned(),
+            self.max_per_target.to_string(),
         ];
         if let Some(listen) = self.listen {
             args.extend(["--listen".to_owned(), listen.to_string()]);
@@ -159,6 +183,9 @@ impl Cli {
         config.core.retention =
             (self.runs_retention_days > 0).then(|| Duration::from_secs(self.runs_retention_days * 86_400));
         config.policy = self.policy.clone();
+        config.rate_limit = (self.rate_limit_rps.max(0.0), self.rate_limit_burst.max(1.0));
+        config.max_concurrent = self.max_concurrent.max(1);
+        config.max_per_target = self.max_per_target.max(1);
         config.max_body_bytes = self.max_body_bytes;
         config.max_batch = self.max_batch.max(1);
         config.unsigned_local = self.unsigned_local;

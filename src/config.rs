@@ -45,6 +45,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Request signature freshness and replay rules.
     pub signatures: crate::identity::verify::SignatureRules,
+    /// Requests per second per principal (0: unlimited), and the burst allowed.
+    pub rate_limit: (f64, f64),
+    /// Requests in flight across all listeners; more are shed with 503.
+    pub max_concurrent: usize,
+    /// Calls in flight to one target service; more wait (within their timeout).
+    pub max_per_target: usize,
     /// Policy file (`None`: the embedded default).
     pub policy: Option<PathBuf>,
     /// Call timeout, approval expiry, run storage limits.
@@ -67,6 +73,9 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             signatures: Default::default(),
             policy: None,
+            rate_limit: (1000.0, 2000.0),
+            max_concurrent: 1024,
+            max_per_target: 64,
             core: crate::dispatch::CoreConfig {
                 call_timeout: Duration::from_secs(30),
                 approval_ttl: Duration::from_secs(3600),

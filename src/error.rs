@@ -82,6 +82,12 @@ pub enum ExecError {
     /// The approval was rejected or expired (-32011).
     #[error("{0}")]
     ApprovalRefused(String),
+    /// The caller sent more than its rate allows (-32029, HTTP 429 with `Retry-After`).
+    #[error("rate limited: retry in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
+    /// The executor is at its concurrency limit and sheds the request (HTTP 503).
+    #[error("overloaded: too many requests in flight, retry shortly")]
+    Overloaded,
     /// The target service has no socket or refuses connections.
     #[error("target unavailable: {0}")]
     TargetUnavailable(String),
@@ -124,6 +130,7 @@ impl ExecError {
             Self::NotEnrolled(_) => code::NOT_ENROLLED,
             Self::ApprovalPending { .. } => code::APPROVAL_PENDING,
             Self::ApprovalRefused(_) => code::APPROVAL_REFUSED,
+            Self::RateLimited { .. } | Self::Overloaded => code::RATE_LIMITED,
             Self::TargetUnavailable(_) => code::TARGET_UNAVAILABLE,
             Self::TargetTimeout(_) => code::TARGET_TIMEOUT,
             Self::TargetProtocol(_) => code::TARGET_PROTOCOL,
@@ -145,6 +152,7 @@ impl ExecError {
         match self {
             Self::InvalidParams { details, .. } if !details.is_empty() => Some(json!({ "errors": details })),
             Self::Target { data, .. } => data.as_deref().cloned(),
+            Self::RateLimited { retry_after_s } => Some(json!({ "retry_after_s": retry_after_s })),
             Self::ApprovalPending { run_id, expires_at } => Some(json!({
                 "run_id": run_id,
                 "expires_at": expires_at,
@@ -190,6 +198,8 @@ impl ExecError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ApprovalPending { .. } => StatusCode::ACCEPTED,
             Self::ApprovalRefused(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::TargetProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -219,6 +229,8 @@ impl ExecError {
             Self::NotEnrolled(_) => "not-enrolled",
             Self::ApprovalPending { .. } => "approval-pending",
             Self::ApprovalRefused(_) => "approval-refused",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::Overloaded => "overloaded",
 
             Self::TargetUnavailable(_) => "target-unavailable",
             Self::TargetTimeout(_) => "target-timeout",

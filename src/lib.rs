@@ -44,10 +44,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::Response;
 use http::Request;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -91,6 +94,10 @@ pub struct AppState {
     pub server_key: Arc<ServerKey>,
     /// The daemon's effective uid: unsigned local peers with this uid are the owner.
     pub own_uid: u32,
+    /// Per-principal token buckets.
+    pub rate_limiter: Arc<limits::RateLimiter>,
+    /// Requests in flight across every listener.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -103,7 +110,8 @@ impl AppState {
         let runs = Arc::new(RunStore::open(&db_path, db).map_err(|e| format!("{}: {e}", db_path.display()))?);
         let server_key = Arc::new(ServerKey::load_or_create(&config.data_dir)?);
         let policy = Policy::load(config.policy.as_deref()).map_err(|errors| errors.join("\n"))?;
-        let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes);
+        let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes)
+            .with_target_limit(config.max_per_target);
         let catalog = Arc::new(Catalog::new(
             upstream.clone(),
             config.socket_dir.clone(),
@@ -120,6 +128,8 @@ impl AppState {
         ));
         Ok(Self {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
+            rate_limiter: Arc::new(limits::RateLimiter::new(config.rate_limit.0, config.rate_limit.1)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
             config: Arc::new(config),
             dispatcher,
             server_key,
@@ -174,12 +184,19 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             adapters::reject("/", ExecError::Internal("handler panicked".into()))
         }))
+        // Past the global concurrency limit, requests are shed at once (503) rather than
+        // queued: before any buffering, so an overload costs next to nothing.
+        .layer(HandleErrorLayer::new(limits::shed))
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(state.in_flight.clone()))
         // Bodies are buffered once under the limit, before anything reads them.
         .layer(from_fn_with_state(state.config.max_body_bytes, limits::buffer_body))
         // Who is asking: needs the buffered body (open rpc.discover, content digests).
         .layer(identity::IdentityLayer::new(state.clone()))
         // Every authenticated answer is signed, including rejections from the layers below.
         .layer(from_fn_with_state(state.clone(), identity::respond::sign_response))
+        // Per-principal rate limits: needs the principal, so after identity.
+        .layer(from_fn_with_state(state.clone(), limits::rate_limit))
         // Hero context and claims narrow the verified principal into a Caller.
         .layer(from_fn(identity::context::hero_context));
     routes

@@ -74,6 +74,9 @@ impl tower::Service<Uri> for UnixConnector {
 pub struct Upstream {
     client: Client<UnixConnector, Full<Bytes>>,
     max_response_bytes: usize,
+    /// Calls in flight per target, so one slow service cannot take every connection.
+    per_target: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+    max_per_target: usize,
 }
 
 impl Upstream {
@@ -89,7 +92,23 @@ impl Upstream {
         Self {
             client,
             max_response_bytes,
+            per_target: Arc::default(),
+            max_per_target: 64,
         }
+    }
+
+    /// At most `max` calls in flight to one target; more wait within their timeout.
+    pub fn with_target_limit(mut self, max: usize) -> Self {
+        self.max_per_target = max.max(1);
+        self
+    }
+
+    fn target_slots(&self, service: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = self.per_target.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(service.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max_per_target)))
+            .clone()
     }
 
     /// Calls `method` on `service` and returns its `result`, or its error passed through.
@@ -101,8 +120,21 @@ impl Upstream {
         headers: &ForwardHeaders,
         timeout: Duration,
     ) -> Result<Box<RawValue>, ExecError> {
+        let started = std::time::Instant::now();
+        let slots = self.target_slots(service);
+        let _slot = tokio::time::timeout(timeout, slots.acquire_owned())
+            .await
+            .map_err(|_| {
+                ExecError::TargetTimeout(format!(
+                    "{service} already has {} calls in flight; none finished within {} ms",
+                    self.max_per_target,
+                    timeout.as_millis()
+                ))
+            })?
+            .map_err(|_| ExecError::Internal("target limiter closed".into()))?;
         let body = jsonrpc::request(&headers.run_id, method, params);
-        let bytes = self.exchange(service, &body, Some(headers), timeout).await?;
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let bytes = self.exchange(service, &body, Some(headers), remaining).await?;
         parse_answer(service, &bytes)
     }
 

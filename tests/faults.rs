@@ -1,0 +1,307 @@
+//! Faults and limits on real processes. Each test names the invariant it proves.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use common::*;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+/// A stub whose `hold` calls report their arrival and wait until released.
+fn gate(name: &'static str) -> (Router, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let released = release.clone();
+    let router = Router::new().route(
+        "/rpc",
+        post(move |body: String| {
+            let tx = tx.clone();
+            let released = released.clone();
+            async move {
+                let request: Value = serde_json::from_str(&body).unwrap();
+                let result = if request["method"] == "rpc.discover" {
+                    json!({"openrpc": "1.3.2", "info": {"title": name, "version": "1"},
+                           "methods": [{"name": "hold", "params": [], "x-hero-intent": {"side_effect_class": "read"}}]})
+                } else {
+                    let _ = tx.send(());
+                    released.notified().await;
+                    json!("released")
+                };
+                json!({"jsonrpc": "2.0", "id": request["id"], "result": result}).to_string()
+            }
+        }),
+    );
+    (router, rx, release)
+}
+
+/// Invariant: a principal over its rate gets -32029 (429 + Retry-After on REST) and nothing
+/// is executed; other principals are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_per_principal() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let mut config = node.config();
+    config.rate_limit = (0.5, 4.0);
+    let _executor = node.start(config).await;
+    let sock = node.rpc_sock();
+    enrol(&node, "agent", &key(1), &["agent"], None).await; // the owner's first token
+    for _ in 0..3 {
+        assert!(
+            rpc(&sock, "echo.counter.add", json!({"amount": 1}))
+                .await
+                .get("result")
+                .is_some()
+        );
+    }
+    let limited = post_rpc(
+        &sock,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "echo.counter.add", "params": {"amount": 1}}),
+        &[],
+    )
+    .await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(error_code(&limited.json()), -32029);
+    assert!(limited.headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let rest = http(&node.rest_sock(), "GET", "/api/v1/catalog", &[], "").await;
+    assert_eq!(
+        (rest.status.as_u16(), rest.content_type()),
+        (429, "application/problem+json")
+    );
+    // Another principal has its own bucket, and the limited calls never ran.
+    let agent = signed_client(&node, "agent", &key(1));
+    let counter = agent
+        .rpc("echo.counter.get", json!({}), http::HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(counter["value"], 3);
+}
+
+/// Invariant: past the global concurrency limit requests are shed at once with 503/-32029,
+/// and the daemon serves again as soon as load drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_not_queued() {
+    let node = Node::new();
+    let (router, mut arrived, release) = gate("gate");
+    let _gate = node.serve_stub("gate", router).await;
+    let mut config = node.config();
+    config.max_concurrent = 2;
+    let _executor = node.start(config).await;
+    let sock = node.rpc_sock();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let sock = sock.clone();
+            tokio::spawn(async move { rpc(&sock, "gate.hold", json!({})).await })
+        })
+        .collect();
+    arrived.recv().await.unwrap();
+    arrived.recv().await.unwrap();
+    let started = Instant::now();
+    let shed = get(&sock, "/health").await;
+    assert_eq!(shed.status, 503);
+    assert_eq!(error_code(&shed.json()), -32029);
+    assert!(started.elapsed() < Duration::from_secs(2), "shed at once, not queued");
+    release.notify_waiters();
+    for call in held {
+        assert_eq!(call.await.unwrap()["result"], "released");
+    }
+    assert_eq!(get(&sock, "/health").await.status, 200);
+}
+
+/// Invariant: one slow target cannot starve the others: its calls over the per-target cap
+/// time out (-32021) while calls to other services go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_target_does_not_starve_the_others() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let (router, mut arrived, release) = gate("slow");
+    let _slow = node.serve_stub("slow", router).await;
+    let mut config = node.config();
+    config.max_per_target = 1;
+    config.core.call_timeout = Duration::from_secs(3);
+    let _executor = node.start(config).await;
+    let sock = node.rpc_sock();
+    let call_slow = || {
+        let sock = sock.clone();
+        tokio::spawn(async move { rpc(&sock, "slow.hold", json!({})).await })
+    };
+    let first = call_slow();
+    arrived.recv().await.unwrap();
+    let second = call_slow();
+    // The slow service is saturated; another service answers at once...
+    assert_eq!(
+        rpc(&sock, "echo.echo", json!({"message": "fine"})).await["result"]["message"],
+        "fine"
+    );
+    // ...and the second call to the slow one waits for a slot instead of reaching it.
+    assert!(arrived.try_recv().is_err(), "the cap held the second call back");
+    assert_eq!(error_code(&second.await.unwrap()), -32021);
+    release.notify_waiters();
+    let first = first.await.unwrap();
+    assert!(
+        first["error"]["code"] == -32021 || first["result"] == "released",
+        "{first}"
+    );
+}
+
+/// Invariant: when a target dies mid-call, its callers get -32020/-32022 at once (not at the
+/// timeout), the runs say `failed`, and other targets are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_killed_mid_call() {
+    let node = Node::new();
+    let mut doomed = node.spawn_echo("doomed");
+    let _other = node.spawn_echo("other");
+    let _executor = node.start(node.config()).await;
+    let sock = node.rpc_sock();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let sock = sock.clone();
+            tokio::spawn(async move { rpc(&sock, "doomed.sleep", json!({"ms": 20_000})).await })
+        })
+        .collect();
+    eventually("the calls to be in flight", || async {
+        let running = rpc(&node.rpc_sock(), "runs.list", json!({"status": "running"})).await;
+        running["result"]["runs"].as_array().unwrap().len() == 4
+    })
+    .await;
+    let killed_at = Instant::now();
+    doomed.0.kill().unwrap();
+    for call in calls {
+        let response = call.await.unwrap();
+        let code = error_code(&response);
+        assert!(code == -32020 || code == -32022, "{response}");
+    }
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "answered at once, not at the 30 s timeout"
+    );
+    let failed = rpc(
+        &sock,
+        "runs.list",
+        json!({"status": "failed", "capability": "doomed.sleep"}),
+    )
+    .await;
+    assert_eq!(failed["result"]["runs"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        rpc(&sock, "other.echo", json!({"message": "still fine"})).await["result"]["message"],
+        "still fine"
+    );
+}
+
+/// Drives `echo.whoami` from `clients` connections until `stop` is set; returns the run ids
+/// of every call that was answered with a result.
+async fn load(node: &Node, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..clients)
+        .map(|_| {
+            let sock = node.rpc_sock();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(stream) = tokio::net::UnixStream::connect(&sock).await else {
+                        break;
+                    };
+                    let Ok((mut sender, conn)) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+                    else {
+                        break;
+                    };
+                    tokio::spawn(conn);
+                    let body = r#"{"jsonrpc":"2.0","id":1,"method":"echo.whoami"}"#;
+                    let request = http::Request::post("/rpc")
+                        .header("host", "x")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap();
+                    let Ok(response) = sender.send_request(request).await else {
+                        break;
+                    };
+                    use http_body_util::BodyExt;
+                    let Ok(body) = response.into_body().collect().await else {
+                        break;
+                    };
+                    let answer: Value = serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
+                    match answer["result"]["run_id"].as_str() {
+                        Some(id) => answered.push(id.to_owned()),
+                        None => break,
+                    }
+                }
+                answered
+            })
+        })
+        .collect()
+}
+
+/// Invariant: after SIGKILL under load and a restart, every request that got an answer has
+/// a final (succeeded) run, nothing is left `running`, and the database opens clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_answered_run() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let mut daemon = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&node, 8, stop.clone()).await;
+    eventually("some load", || async {
+        let runs = rpc(&node.rpc_sock(), "runs.list", json!({"limit": 100})).await;
+        runs["result"]["runs"].as_array().map_or(0, Vec::len) >= 50
+    })
+    .await;
+    signal(daemon.0.id(), rustix::process::Signal::KILL);
+    tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = Vec::new();
+    for worker in workers {
+        answered.extend(worker.await.unwrap());
+    }
+    assert!(!answered.is_empty());
+
+    let _restarted = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
+    for id in &answered {
+        let run = rpc(&node.rpc_sock(), "runs.get", json!({"run_id": id})).await;
+        assert_eq!(run["result"]["status"], "succeeded", "answered call {id}: {run}");
+    }
+    let running = rpc(&node.rpc_sock(), "runs.list", json!({"status": "running"})).await;
+    assert!(
+        running["result"]["runs"].as_array().unwrap().is_empty(),
+        "nothing stays running"
+    );
+}
+
+/// Invariant: SIGTERM under load drains: every answered request has a final run and no
+/// run is left `running` (or needs `interrupted`) after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_cleanly() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let mut daemon = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&node, 8, stop.clone()).await;
+    eventually("some load", || async {
+        let runs = rpc(&node.rpc_sock(), "runs.list", json!({"limit": 100})).await;
+        runs["result"]["runs"].as_array().map_or(0, Vec::len) >= 50
+    })
+    .await;
+    daemon.terminate();
+    let status = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap();
+    assert!(status.success());
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = Vec::new();
+    for worker in workers {
+        answered.extend(worker.await.unwrap());
+    }
+    let _restarted = node.spawn_daemon(&[]).await;
+    for id in &answered {
+        let run = rpc(&node.rpc_sock(), "runs.get", json!({"run_id": id})).await;
+        assert_eq!(run["result"]["status"], "succeeded", "{run}");
+    }
+    for status in ["running", "interrupted"] {
+        let left = rpc(&node.rpc_sock(), "runs.list", json!({"status": status})).await;
+        assert!(
+            left["result"]["runs"].as_array().unwrap().is_empty(),
+            "{status}: {left}"
+        );
+    }
+}
