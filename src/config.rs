@@ -35,6 +35,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest answer accepted from a target.
     pub max_response_bytes: usize,
+    /// A request's headers must arrive within this.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers).
+    pub max_header_bytes: usize,
     /// Largest JSON-RPC batch.
     pub max_batch: usize,
     /// Unsigned local callers policy.
@@ -68,6 +72,8 @@ impl Config {
             max_body_bytes: 4 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             max_batch: 100,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
             unsigned_local: UnsignedLocal::Owner,
             catalog_refresh: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),

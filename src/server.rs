@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 use crate::catalog;
 use crate::config::Config;
+use axum::extract::ConnectInfo;
+
 use crate::identity::Peer;
 use crate::{AppState, rest_router, rpc_router, tcp_router};
 
@@ -189,14 +191,11 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    servers.spawn(serve_unix(bound.rpc, rpc_router(state.clone()), stopped()));
-    servers.spawn(serve_unix(bound.rest, rest_router(state.clone()), stopped()));
+    let limits = ConnLimits::from(config.as_ref());
+    servers.spawn(serve(bound.rpc, rpc_router(state.clone()), limits, stopped()));
+    servers.spawn(serve(bound.rest, rest_router(state.clone()), limits, stopped()));
     if let Some(tcp) = bound.tcp {
-        let app = tcp_router(state.clone()).into_make_service_with_connect_info::<Peer>();
-        let stop = stopped();
-        servers.spawn(async move {
-            let _ = axum::serve(tcp, app).with_graceful_shutdown(stop).await;
-        });
+        servers.spawn(serve(tcp, tcp_router(state.clone()), limits, stopped()));
     }
     tracing::info!(
         rpc = %config.rpc_socket().display(),
@@ -229,11 +228,97 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
     tracing::info!("stopped");
 }
 
-async fn serve_unix(listener: UnixListener, app: Router, stop: impl Future<Output = ()> + Send + 'static) {
-    let app = app.into_make_service_with_connect_info::<Peer>();
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-        tracing::error!(error = %e, "server error");
+/// Per-connection limits for slow or stuck clients.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    /// A request's headers must arrive within this (slowloris).
+    header_read_timeout: std::time::Duration,
+    /// Largest request head (request line and headers), in bytes.
+    max_head_bytes: usize,
+    /// Most header fields in one request.
+    max_headers: usize,
+}
+
+impl From<&Config> for ConnLimits {
+    fn from(config: &Config) -> Self {
+        Self {
+            header_read_timeout: config.header_read_timeout,
+            max_head_bytes: config.max_header_bytes,
+            max_headers: 100,
+        }
     }
+}
+
+/// A listener the server accepts from: the connection, and who is on the other end.
+trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Peer)>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        Ok((stream, Peer::Unix { uid }))
+    }
+}
+
+impl Accept for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
+        let (stream, addr) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Peer::Tcp(addr)))
+    }
+}
+
+/// Accepts connections until `stop`, serving each with `app` over HTTP/1.1 (keep-alive),
+/// then waits for the connections in flight to finish their current requests.
+async fn serve<L: Accept>(
+    listener: L,
+    app: Router,
+    limits: ConnLimits,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_head_bytes)
+        .max_headers(limits.max_headers);
+    tokio::pin!(stop);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer.clone()));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Reloads the policy on SIGHUP; an invalid file keeps the running policy (errors are logged).

@@ -12,7 +12,7 @@ pub mod respond;
 pub mod signature;
 pub mod verify;
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,9 +20,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::IncomingStream;
 use http::HeaderValue;
-use tokio::net::{TcpListener, UnixListener};
 use tower::{Layer, Service};
 
 use crate::AppState;
@@ -32,27 +30,13 @@ use crate::error::ExecError;
 use crate::intent::Principal;
 use crate::limits::BufferedBody;
 
-/// The transport peer of a connection, captured when it is accepted.
+/// The transport peer of a connection, captured when it is accepted (see `server`).
 #[derive(Debug, Clone)]
 pub enum Peer {
     /// A Unix-socket peer; `uid` from SO_PEERCRED (absent if the kernel would not say).
     Unix { uid: Option<u32> },
     /// A TCP peer.
     Tcp(std::net::SocketAddr),
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        Peer::Unix {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
-}
-
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Peer::Tcp(*stream.remote_addr())
-    }
 }
 
 /// What to sign, per RFC 9421 section 5.1, sent with every 401.
