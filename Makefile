@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run echo build test python-deps lint fmt clean
+.PHONY: run echo build test python-deps bench lint fmt clean
 
 ## run: build and run the daemon in the foreground with embedded defaults (ARGS="..." for flags)
 run:
@@ -24,6 +24,11 @@ test: python-deps
 ## python-deps: what examples/signed_call.py (and its test) needs, from PyPI
 python-deps:
 	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r examples/requirements.txt
+
+## bench: load benchmark (direct, unsigned, signed, 1,000-rule policy); ARGS="--clients 32 --duration 10"
+bench:
+	$(CARGO) build --release --bins --examples
+	$(CARGO) run --release --example bench -- $(ARGS)
 
 ## lint: formatting and clippy, exactly as CI runs them
 lint:
