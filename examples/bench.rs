@@ -48,10 +48,14 @@ fn args() -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--clients" => a.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?,
-            "--duration" => a.duration = Duration::from_secs_f64(value()?.parse().map_err(|e| format!("--duration: {e}"))?),
+            "--duration" => {
+                a.duration = Duration::from_secs_f64(value()?.parse().map_err(|e| format!("--duration: {e}"))?)
+            }
             "--configs" => a.configs = value()?.split(',').filter_map(|c| c.chars().next()).collect(),
             "--out" => a.out = value()?.into(),
-            "-h" | "--help" => return Err("bench [--clients C] [--duration SECONDS] [--configs a,b,c,d] [--out FILE]".into()),
+            "-h" | "--help" => {
+                return Err("bench [--clients C] [--duration SECONDS] [--configs a,b,c,d] [--out FILE]".into());
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -72,7 +76,10 @@ impl Drop for Proc {
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / rustix::param::clock_ticks_per_second() as f64
 }
@@ -90,7 +97,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
 fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let dir = exe.parent().expect("examples dir");
-    if name == "hero_executor" { dir.parent().expect("profile dir").join(name) } else { dir.join(name) }
+    if name == "hero_executor" {
+        dir.parent().expect("profile dir").join(name)
+    } else {
+        dir.join(name)
+    }
 }
 
 async fn wait_for(sock: &Path) {
@@ -120,8 +131,15 @@ struct Row {
 }
 
 /// Drives `clients` keep-alive connections for `duration`; returns latencies (us) and errors.
-async fn drive(sock: PathBuf, clients: usize, duration: Duration, method: &'static str, signer: Option<Arc<Signer>>) -> (Vec<u64>, usize) {
-    let body = Bytes::from(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"message": "hello"}}).to_string());
+async fn drive(
+    sock: PathBuf,
+    clients: usize,
+    duration: Duration,
+    method: &'static str,
+    signer: Option<Arc<Signer>>,
+) -> (Vec<u64>, usize) {
+    let body =
+        Bytes::from(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"message": "hello"}}).to_string());
     let deadline = Instant::now() + duration;
     let tasks = (0..clients).map(|_| {
         let (sock, body, signer) = (sock.clone(), body.clone(), signer.clone());
@@ -129,7 +147,9 @@ async fn drive(sock: PathBuf, clients: usize, duration: Duration, method: &'stat
             let mut latencies = Vec::with_capacity(100_000);
             let mut errors = 0;
             let stream = tokio::net::UnixStream::connect(&sock).await.expect("connect");
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("handshake");
             tokio::spawn(conn);
             let uri: Uri = "/rpc".parse().unwrap();
             while Instant::now() < deadline {
@@ -137,7 +157,9 @@ async fn drive(sock: PathBuf, clients: usize, duration: Duration, method: &'stat
                 headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
                 headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 if let Some(signer) = &signer {
-                    signer.sign(&Method::POST, &uri, &mut headers, &body, hero_executor::now_unix()).expect("sign");
+                    signer
+                        .sign(&Method::POST, &uri, &mut headers, &body, hero_executor::now_unix())
+                        .expect("sign");
                 }
                 let mut request = Request::post(uri.clone()).body(Full::new(body.clone())).unwrap();
                 *request.headers_mut() = headers;
@@ -149,7 +171,12 @@ async fn drive(sock: PathBuf, clients: usize, duration: Duration, method: &'stat
                 match sender.send_request(request).await {
                     Ok(response) => {
                         let ok = response.status().is_success();
-                        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = response
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         latencies.push(started.elapsed().as_micros() as u64);
                         let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
                         if !ok || answer.get("result").is_none() {
@@ -249,9 +276,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ('c' | 'd', Some(_)) => {
                 wait_for(&rpc_sock).await;
                 let owner = hero_executor::client::Client::new(&rpc_sock);
-                let public = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.verifying_key().as_bytes());
+                let public = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    key.verifying_key().as_bytes(),
+                );
                 owner
-                    .rpc("keys.add", json!({"keyid": "bench", "public_key": public, "claims": ["bench", "agent"]}), HeaderMap::new())
+                    .rpc(
+                        "keys.add",
+                        json!({"keyid": "bench", "public_key": public, "claims": ["bench", "agent"]}),
+                        HeaderMap::new(),
+                    )
                     .await?;
                 Some(Arc::new(Signer::new("bench", key.clone())))
             }
@@ -265,7 +299,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         // Warm up (connections, pools, caches), then measure.
-        drive(sock.clone(), args.clients, Duration::from_millis(500), method, signer.clone()).await;
+        drive(
+            sock.clone(),
+            args.clients,
+            Duration::from_millis(500),
+            method,
+            signer.clone(),
+        )
+        .await;
         let exec_pid = executor.as_ref().map(|p| p.0.id());
         let cpu_before = (exec_pid.map(cpu_seconds), cpu_seconds(echo.0.id()));
         let started = Instant::now();
@@ -299,17 +340,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         row.ratio_to_a = base.map(|b| row.rps / b);
     }
 
-    println!("clients {}, {} s per configuration, {} cores", args.clients, args.duration.as_secs_f64(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "clients {}, {} s per configuration, {} cores",
+        args.clients,
+        args.duration.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "{:<3} {:<38} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>6} {:>11} {:>11} {:>8} {:>6}",
-        "", "configuration", "requests", "req/s", "p50us", "p90us", "p99us", "max_us", "errors", "exec_cpu_us", "svc_cpu_us", "rss_mib", "vs_a"
+        "",
+        "configuration",
+        "requests",
+        "req/s",
+        "p50us",
+        "p90us",
+        "p99us",
+        "max_us",
+        "errors",
+        "exec_cpu_us",
+        "svc_cpu_us",
+        "rss_mib",
+        "vs_a"
     );
     for r in &rows {
         let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
         println!(
             "{:<3} {:<38} {:>9} {:>8.0} {:>7} {:>7} {:>7} {:>8} {:>6} {:>11} {:>11.1} {:>8} {:>6}",
-            r.config, r.what, r.requests, r.rps, r.p50_us, r.p90_us, r.p99_us, r.max_us, r.errors,
-            opt(r.executor_cpu_us_per_req, 1), r.service_cpu_us_per_req, opt(r.executor_peak_rss_mib, 1), opt(r.ratio_to_a, 2)
+            r.config,
+            r.what,
+            r.requests,
+            r.rps,
+            r.p50_us,
+            r.p90_us,
+            r.p99_us,
+            r.max_us,
+            r.errors,
+            opt(r.executor_cpu_us_per_req, 1),
+            r.service_cpu_us_per_req,
+            opt(r.executor_peak_rss_mib, 1),
+            opt(r.ratio_to_a, 2)
         );
     }
     if let Some(dir) = args.out.parent() {

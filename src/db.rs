@@ -52,7 +52,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_by_status ON runs(status, id);
     CREATE INDEX runs_by_name ON runs(name, id);
     CREATE INDEX runs_by_principal ON runs(principal, id);
-    CREATE INDEX runs_by_created ON runs(created_at);
     CREATE UNIQUE INDEX runs_idempotency ON runs(principal, idempotency_key) WHERE idempotency_key IS NOT NULL;",
 ];
 

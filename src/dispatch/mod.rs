@@ -232,7 +232,12 @@ impl Dispatcher {
         }
         run.status = RunStatus::Running;
         run.started_at = Some(now_ms());
-        self.runs().insert(run).await.map_err(|e| Failure::with_run(e, &id))?;
+        // The final status is committed before the answer; the `running` record need not be
+        // waited for (the writer keeps order), unless an idempotency key could conflict.
+        match run.idempotency_key {
+            Some(_) => self.runs().insert(run).await.map_err(|e| Failure::with_run(e, &id))?,
+            None => self.runs().insert_queued(run),
+        }
         let permit = Permit {
             headers: forward_headers(
                 &intent.caller.claims,

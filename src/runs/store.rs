@@ -65,7 +65,7 @@ enum Op {
 }
 
 /// What one write did: rows changed, and the status changes to broadcast.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Applied {
     rows: usize,
     events: Vec<RunEvent>,
@@ -143,6 +143,23 @@ impl RunStore {
                 _ => e,
             })?;
         Ok(())
+    }
+
+    /// Queues a new run without waiting for its commit. The writer applies writes in order,
+    /// so a later write about this run (and its acknowledgement) comes after it; a failure
+    /// is logged. For runs whose insert cannot conflict (no idempotency key).
+    pub fn insert_queued(&self, run: Run) {
+        let (done, _) = oneshot::channel();
+        if self
+            .writer
+            .send(Job {
+                op: Op::Insert(Box::new(run)),
+                done,
+            })
+            .is_err()
+        {
+            tracing::error!("the run writer thread stopped; a run was not recorded");
+        }
     }
 
     /// Moves run `id` from one of `from` to `to`; `false` if it was not in one of `from`.
@@ -225,7 +242,8 @@ impl RunStore {
                     add("principal =", principal.into());
                 }
                 if let Some(since) = filter.since {
-                    add("created_at >=", since.into());
+                    // Ids are UUIDv7: their text order is creation order, to the millisecond.
+                    add("id >=", uuid_v7_floor(since).into());
                 }
                 if let Some(cursor) = filter.cursor {
                     add("id <", cursor.into());
@@ -291,20 +309,36 @@ impl RunStore {
     }
 }
 
+/// Under load, how long the writer waits for more writes to share one commit.
+const LINGER: Duration = Duration::from_micros(500);
+
 fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>, events: broadcast::Sender<RunEvent>) {
+    let mut busy = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        // Alone, commit at once (no added latency); under load, gather a fuller batch.
+        let deadline = std::time::Instant::now() + if busy { LINGER } else { Duration::ZERO };
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            let next = match deadline.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => rx.recv_timeout(left).ok(),
+                _ => rx.try_recv().ok(),
+            };
+            match next {
+                Some(job) => batch.push(job),
+                None => break,
             }
         }
+        busy = batch.len() > 1;
+        let merged = coalesce(&mut batch);
         let outcome = (|| {
             let tx = conn.transaction()?;
             let results: Vec<Result<Applied, String>> = batch
                 .iter()
-                .map(|job| apply(&tx, &job.op).map_err(|e| e.to_string()))
+                .zip(&merged)
+                .map(|(job, merged)| match merged {
+                    Some(applied) => Ok(applied.clone()),
+                    None => apply(&tx, &job.op).map_err(|e| e.to_string()),
+                })
                 .collect();
             tx.commit()?;
             Ok::<_, rusqlite::Error>(results)
@@ -318,7 +352,11 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>, events: broadcast
                         }
                         applied.rows
                     });
-                    let _ = job.done.send(result);
+                    if let Err(unheard) = job.done.send(result)
+                        && let Err(e) = unheard
+                    {
+                        tracing::error!(error = %e, "a queued run write failed");
+                    }
                 }
             }
             Err(e) => {
@@ -329,6 +367,46 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>, events: broadcast
             }
         }
     }
+}
+
+/// Folds a transition into the insert of the same run when both are in this batch, so the
+/// run is written once, in its final state. Returns, per job, the result of a folded
+/// transition (`None`: apply the job to the database).
+fn coalesce(batch: &mut [Job]) -> Vec<Option<Applied>> {
+    let mut merged = vec![None; batch.len()];
+    let mut inserts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for i in 0..batch.len() {
+        match &batch[i].op {
+            Op::Insert(run) => {
+                inserts.insert(run.id.clone(), i);
+            }
+            Op::Transition { id, from, to, changes } => {
+                let Some(&at) = inserts.get(id) else { continue };
+                let Op::Insert(run) = &batch[at].op else { continue };
+                if !from.contains(&run.status) {
+                    continue;
+                }
+                let (to, changes) = (*to, changes.clone());
+                let id = id.clone();
+                if let Op::Insert(run) = &mut batch[at].op {
+                    run.status = to;
+                    run.started_at = changes.started_at.or(run.started_at);
+                    run.finished_at = changes.finished_at.or(run.finished_at);
+                    run.result = changes.result.or(run.result.take());
+                    run.result_truncated |= changes.result_truncated;
+                    run.error = changes.error.or(run.error.take());
+                    run.approver = changes.approver.or(run.approver.take());
+                    run.decision_note = changes.decision_note.or(run.decision_note.take());
+                }
+                merged[i] = Some(Applied {
+                    rows: 1,
+                    events: vec![RunEvent { id, status: to }],
+                });
+            }
+            _ => {}
+        }
+    }
+    merged
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
@@ -450,6 +528,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
             })
         }
     }
+}
+
+/// The smallest UUIDv7 (as text) created at or after `ms` (Unix milliseconds).
+fn uuid_v7_floor(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    format!("{:08x}-{:04x}-7000-8000-000000000000", ms >> 16, ms & 0xffff)
 }
 
 const COLUMNS: &str = "id, parent_id, name, surface, principal, chain, context, claims, service, method, input_sha256,
