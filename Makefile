@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run echo build test python-deps bench lint fmt clean
+.PHONY: run echo build test python-deps bench microbench lint fmt clean
 
 ## run: build and run the daemon in the foreground with embedded defaults (ARGS="..." for flags)
 run:
@@ -29,6 +29,10 @@ python-deps:
 bench:
 	$(CARGO) build --release --bins --examples
 	$(CARGO) run --release --example bench -- $(ARGS)
+
+## microbench: criterion micro-benchmarks of the core (signatures, policy, catalog, runs)
+microbench:
+	$(CARGO) bench --bench core
 
 ## lint: formatting and clippy, exactly as CI runs them
 lint:

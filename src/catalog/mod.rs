@@ -298,16 +298,10 @@ impl Snapshot {
 
 /// Relevance of one capability for all `terms`, or `None` if a term matches nothing.
 fn score(cap: &Capability, terms: &[String]) -> Option<u32> {
-    let name = cap.name.to_lowercase();
-    let text = format!(
-        "{} {}",
-        cap.summary.as_deref().unwrap_or_default(),
-        cap.description.as_deref().unwrap_or_default()
-    )
-    .to_lowercase();
+    let (name, text) = (&cap.search_name, &cap.search_text);
     let mut total = 0;
     for term in terms {
-        let in_name = if name == *term {
+        let in_name = if name == term {
             1000
         } else if name.split('.').any(|seg| seg == term) {
             400

@@ -127,6 +127,10 @@ pub struct Capability {
     pub schema_error: Option<String>,
     validator: Option<jsonschema::Validator>,
     param_names: Vec<String>,
+    /// The name, lowercased once for search.
+    pub(crate) search_name: String,
+    /// Summary and description, lowercased once for search.
+    pub(crate) search_text: String,
 }
 
 impl Capability {
@@ -299,7 +303,15 @@ fn parse_method(service: &str, method: &Value, components: Option<&Value>) -> Re
         Ok(v) => (Some(v), None),
         Err(e) => (None, Some(format!("params schema does not compile: {e}"))),
     };
+    let search_text = format!(
+        "{} {}",
+        text("summary").unwrap_or_default(),
+        text("description").unwrap_or_default()
+    )
+    .to_lowercase();
     Ok(Capability {
+        search_name: format!("{service}.{name}").to_lowercase(),
+        search_text,
         name: format!("{service}.{name}"),
         service: service.to_owned(),
         method: name.to_owned(),
