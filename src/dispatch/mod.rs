@@ -232,12 +232,9 @@ impl Dispatcher {
         }
         run.status = RunStatus::Running;
         run.started_at = Some(now_ms());
-        // The final status is committed before the answer; the `running` record need not be
-        // waited for (the writer keeps order), unless an idempotency key could conflict.
-        match run.idempotency_key {
-            Some(_) => self.runs().insert(run).await.map_err(|e| Failure::with_run(e, &id))?,
-            None => self.runs().insert_queued(run),
-        }
+        // On disk before the target sees the call: if the executor dies mid-call, the run
+        // is found `running` at the next start and marked `interrupted`, never lost.
+        self.runs().insert(run).await.map_err(|e| Failure::with_run(e, &id))?;
         let permit = Permit {
             headers: forward_headers(
                 &intent.caller.claims,

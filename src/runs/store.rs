@@ -65,7 +65,7 @@ enum Op {
 }
 
 /// What one write did: rows changed, and the status changes to broadcast.
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct Applied {
     rows: usize,
     events: Vec<RunEvent>,
@@ -143,23 +143,6 @@ impl RunStore {
                 _ => e,
             })?;
         Ok(())
-    }
-
-    /// Queues a new run without waiting for its commit. The writer applies writes in order,
-    /// so a later write about this run (and its acknowledgement) comes after it; a failure
-    /// is logged. For runs whose insert cannot conflict (no idempotency key).
-    pub fn insert_queued(&self, run: Run) {
-        let (done, _) = oneshot::channel();
-        if self
-            .writer
-            .send(Job {
-                op: Op::Insert(Box::new(run)),
-                done,
-            })
-            .is_err()
-        {
-            tracing::error!("the run writer thread stopped; a run was not recorded");
-        }
     }
 
     /// Moves run `id` from one of `from` to `to`; `false` if it was not in one of `from`.
@@ -320,16 +303,11 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>, events: broadcast
                 Err(_) => break,
             }
         }
-        let merged = coalesce(&mut batch);
         let outcome = (|| {
             let tx = conn.transaction()?;
             let results: Vec<Result<Applied, String>> = batch
                 .iter()
-                .zip(&merged)
-                .map(|(job, merged)| match merged {
-                    Some(applied) => Ok(applied.clone()),
-                    None => apply(&tx, &job.op).map_err(|e| e.to_string()),
-                })
+                .map(|job| apply(&tx, &job.op).map_err(|e| e.to_string()))
                 .collect();
             tx.commit()?;
             Ok::<_, rusqlite::Error>(results)
@@ -343,11 +321,7 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>, events: broadcast
                         }
                         applied.rows
                     });
-                    if let Err(unheard) = job.done.send(result)
-                        && let Err(e) = unheard
-                    {
-                        tracing::error!(error = %e, "a queued run write failed");
-                    }
+                    let _ = job.done.send(result);
                 }
             }
             Err(e) => {
@@ -358,46 +332,6 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Job>, events: broadcast
             }
         }
     }
-}
-
-/// Folds a transition into the insert of the same run when both are in this batch, so the
-/// run is written once, in its final state. Returns, per job, the result of a folded
-/// transition (`None`: apply the job to the database).
-fn coalesce(batch: &mut [Job]) -> Vec<Option<Applied>> {
-    let mut merged = vec![None; batch.len()];
-    let mut inserts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for i in 0..batch.len() {
-        match &batch[i].op {
-            Op::Insert(run) => {
-                inserts.insert(run.id.clone(), i);
-            }
-            Op::Transition { id, from, to, changes } => {
-                let Some(&at) = inserts.get(id) else { continue };
-                let Op::Insert(run) = &batch[at].op else { continue };
-                if !from.contains(&run.status) {
-                    continue;
-                }
-                let (to, changes) = (*to, changes.clone());
-                let id = id.clone();
-                if let Op::Insert(run) = &mut batch[at].op {
-                    run.status = to;
-                    run.started_at = changes.started_at.or(run.started_at);
-                    run.finished_at = changes.finished_at.or(run.finished_at);
-                    run.result = changes.result.or(run.result.take());
-                    run.result_truncated |= changes.result_truncated;
-                    run.error = changes.error.or(run.error.take());
-                    run.approver = changes.approver.or(run.approver.take());
-                    run.decision_note = changes.decision_note.or(run.decision_note.take());
-                }
-                merged[i] = Some(Applied {
-                    rows: 1,
-                    events: vec![RunEvent { id, status: to }],
-                });
-            }
-            _ => {}
-        }
-    }
-    merged
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
