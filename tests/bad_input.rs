@@ -219,3 +219,25 @@ async fn thousands_of_concurrent_connections() {
     );
     assert_eq!(get(&sock, "/health").await.status, 200);
 }
+
+/// Invariant: an idle keep-alive connection is closed after the header-read timeout, so
+/// clients that connect and go quiet cannot hold connections forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let node = Node::new();
+    let mut config = node.config();
+    config.header_read_timeout = Duration::from_millis(300);
+    let _executor = node.start(config).await;
+    let mut stream = tokio::net::UnixStream::connect(node.rpc_sock()).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // Now stay quiet: the server must close the connection on its own.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection was closed by the server");
+}
