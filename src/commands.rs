@@ -33,7 +33,7 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
                     let params = json!({"keyid": keyid, "public_key": public_key, "claims": claims,
                                         "contexts": contexts, "note": note});
                     let key = client
-                        .rpc("keys.add", without_nulls(params), HeaderMap::new())
+                        .rpc("keys.add", crate::jsonrpc::without_nulls(params), HeaderMap::new())
                         .await
                         .map_err(show)?;
                     println!(
@@ -80,7 +80,11 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
                     let params =
                         json!({"capability": capability, "keyid": for_keyid, "claims": claims, "context": context});
                     client
-                        .rpc("policy.explain", without_nulls(params), HeaderMap::new())
+                        .rpc(
+                            "policy.explain",
+                            crate::jsonrpc::without_nulls(params),
+                            HeaderMap::new(),
+                        )
                         .await
                 }
                 PolicyAction::Reload => client.rpc("policy.reload", json!({}), HeaderMap::new()).await,
@@ -133,7 +137,7 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
 async fn runs(client: &Client, action: &RunsAction) -> Result<(), String> {
     let rpc = |method: &'static str, params: Value| async move {
         client
-            .rpc(method, without_nulls(params), HeaderMap::new())
+            .rpc(method, crate::jsonrpc::without_nulls(params), HeaderMap::new())
             .await
             .map_err(show)
     };
@@ -279,13 +283,6 @@ fn read_public_key(arg: &str) -> Result<String, String> {
 
 fn parse_json(text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("params are not JSON: {e}"))
-}
-
-fn without_nulls(mut value: Value) -> Value {
-    if let Value::Object(map) = &mut value {
-        map.retain(|_, v| !v.is_null());
-    }
-    value
 }
 
 fn print_keys(keys: &[Value]) {

@@ -125,6 +125,14 @@ pub fn raw<T: Serialize>(value: &T) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).expect("JSON values always serialize")
 }
 
+/// An object without its null members (optional params left out rather than sent as null).
+pub fn without_nulls(mut value: Value) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.retain(|_, v| !v.is_null());
+    }
+    value
+}
+
 /// Builds a request to send to a target.
 pub fn request(id: &str, method: &str, params: Option<&Value>) -> Value {
     let mut obj = Map::new();

@@ -192,14 +192,14 @@ impl ServerHandler for McpServer {
                 "approve" => {
                     method(
                         "runs.approve",
-                        without_nulls(json!({"run_id": arg("run_id"), "note": arg("note")})),
+                        crate::jsonrpc::without_nulls(json!({"run_id": arg("run_id"), "note": arg("note")})),
                     )
                     .await
                 }
                 "reject" => {
                     method(
                         "runs.reject",
-                        without_nulls(json!({"run_id": arg("run_id"), "reason": arg("reason")})),
+                        crate::jsonrpc::without_nulls(json!({"run_id": arg("run_id"), "reason": arg("reason")})),
                     )
                     .await
                 }
@@ -256,13 +256,6 @@ fn failure(f: Failure) -> CallToolResult {
     ))]);
     result.structured_content = Some(json!({ "error": error }));
     result
-}
-
-fn without_nulls(mut value: Value) -> Value {
-    if let Value::Object(map) = &mut value {
-        map.retain(|_, v| !v.is_null());
-    }
-    value
 }
 
 fn schema(value: Value) -> Arc<Map<String, Value>> {

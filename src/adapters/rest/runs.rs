@@ -54,7 +54,7 @@ pub(super) async fn list(
     };
     let params = json!({"status": q.status, "capability": q.capability, "principal": q.principal,
                         "since": q.since, "limit": q.limit, "cursor": q.cursor});
-    call(&state, caller, "runs.list", without_nulls(params)).await
+    call(&state, caller, "runs.list", crate::jsonrpc::without_nulls(params)).await
 }
 
 /// One run.
@@ -88,7 +88,7 @@ pub(super) async fn wait(
         &state,
         caller,
         "runs.wait",
-        without_nulls(json!({ "run_id": id, "timeout_ms": q.timeout_ms })),
+        crate::jsonrpc::without_nulls(json!({ "run_id": id, "timeout_ms": q.timeout_ms })),
     )
     .await
 }
@@ -170,11 +170,4 @@ async fn decide(
     params.retain(|k, _| k == field);
     params.insert("run_id".into(), id.into());
     call(state, caller, method, Value::Object(params)).await
-}
-
-fn without_nulls(mut value: Value) -> Value {
-    if let Value::Object(map) = &mut value {
-        map.retain(|_, v| !v.is_null());
-    }
-    value
 }
