@@ -296,16 +296,10 @@ async fn the_stdio_bridge_signs_and_forwards() {
     let stdout = child.stdout.take().unwrap();
     let stdin = child.stdin.take().unwrap();
     let client = ().serve((stdout, stdin)).await.unwrap();
-    let mut names: Vec<String> = client
-        .peer()
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["describe", "execute", "run_status", "search"]);
+    assert_eq!(
+        tool_names(&client).await,
+        ["describe", "execute", "run_status", "search"]
+    );
     let mut params = CallToolRequestParams::new("execute");
     params.arguments = json!({"capability": "echo.whoami"}).as_object().cloned();
     let result = client.peer().call_tool(params).await.unwrap();
