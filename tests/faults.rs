@@ -235,12 +235,15 @@ async fn load(node: &Node, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::
         .collect()
 }
 
-/// Invariant: after SIGKILL under load and a restart, every request that got an answer has
-/// a final (succeeded) run, nothing is left `running`, and the database opens clean.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_under_load_loses_no_answered_run() {
+/// Runs the real daemon under load from 8 clients, signals it with `sig` once it has
+/// recorded at least 50 runs, restarts it, and returns the node, the guards of the echo
+/// service and the restarted daemon, the exit status, and the run ids of every call that
+/// got an answer.
+async fn signal_under_load(
+    sig: rustix::process::Signal,
+) -> (Node, [ChildGuard; 2], std::process::ExitStatus, Vec<String>) {
     let node = Node::new();
-    let _echo = node.spawn_echo("echo");
+    let echo = node.spawn_echo("echo");
     let mut daemon = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let workers = load(&node, 8, stop.clone()).await;
@@ -249,59 +252,46 @@ async fn sigkill_under_load_loses_no_answered_run() {
         runs["result"]["runs"].as_array().map_or(0, Vec::len) >= 50
     })
     .await;
-    signal(daemon.0.id(), rustix::process::Signal::KILL);
-    tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap();
+    signal(daemon.0.id(), sig);
+    let status = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     let mut answered = Vec::new();
     for worker in workers {
         answered.extend(worker.await.unwrap());
     }
     assert!(!answered.is_empty());
+    let restarted = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
+    (node, [echo, restarted], status, answered)
+}
 
-    let _restarted = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
-    for id in &answered {
+/// Every answered call has a `succeeded` run, and no run is left in one of `statuses`.
+async fn assert_runs(node: &Node, answered: &[String], statuses: &[&str]) {
+    for id in answered {
         let run = rpc(&node.rpc_sock(), "runs.get", json!({"run_id": id})).await;
         assert_eq!(run["result"]["status"], "succeeded", "answered call {id}: {run}");
     }
-    let running = rpc(&node.rpc_sock(), "runs.list", json!({"status": "running"})).await;
-    assert!(
-        running["result"]["runs"].as_array().unwrap().is_empty(),
-        "nothing stays running"
-    );
-}
-
-/// Invariant: SIGTERM under load drains: every answered request has a final run and no
-/// run is left `running` (or needs `interrupted`) after the restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_drains_cleanly() {
-    let node = Node::new();
-    let _echo = node.spawn_echo("echo");
-    let mut daemon = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers = load(&node, 8, stop.clone()).await;
-    eventually("some load", || async {
-        let runs = rpc(&node.rpc_sock(), "runs.list", json!({"limit": 100})).await;
-        runs["result"]["runs"].as_array().map_or(0, Vec::len) >= 50
-    })
-    .await;
-    daemon.terminate();
-    let status = tokio::task::spawn_blocking(move || daemon.wait()).await.unwrap();
-    assert!(status.success());
-    stop.store(true, Ordering::Relaxed);
-    let mut answered = Vec::new();
-    for worker in workers {
-        answered.extend(worker.await.unwrap());
-    }
-    let _restarted = node.spawn_daemon(&[]).await;
-    for id in &answered {
-        let run = rpc(&node.rpc_sock(), "runs.get", json!({"run_id": id})).await;
-        assert_eq!(run["result"]["status"], "succeeded", "{run}");
-    }
-    for status in ["running", "interrupted"] {
+    for status in statuses {
         let left = rpc(&node.rpc_sock(), "runs.list", json!({"status": status})).await;
         assert!(
             left["result"]["runs"].as_array().unwrap().is_empty(),
             "{status}: {left}"
         );
     }
+}
+
+/// Invariant: after SIGKILL under load and a restart, every request that got an answer has
+/// a final (succeeded) run, nothing is left `running`, and the database opens clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_answered_run() {
+    let (node, _processes, _, answered) = signal_under_load(rustix::process::Signal::KILL).await;
+    assert_runs(&node, &answered, &["running"]).await;
+}
+
+/// Invariant: SIGTERM under load drains: exit 0, every answered request has a final run,
+/// and no run is left `running` (or needs `interrupted`) after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_cleanly() {
+    let (node, _processes, status, answered) = signal_under_load(rustix::process::Signal::TERM).await;
+    assert!(status.success());
+    assert_runs(&node, &answered, &["running", "interrupted"]).await;
 }
