@@ -105,11 +105,6 @@ impl Config {
     pub fn rest_socket(&self) -> PathBuf {
         self.own_socket_dir().join("rest.sock")
     }
-
-    /// `<socket_dir>/<service>/rpc.sock` of a target.
-    pub fn target_socket(&self, service: &str) -> PathBuf {
-        self.socket_dir.join(service).join("rpc.sock")
-    }
 }
 
 /// Resolves the socket dir: flag, then `$HERO_SOCKET_DIR`, then `$PATH_SOCKET`, then

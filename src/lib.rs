@@ -4,17 +4,25 @@
 //!
 //! A request flows through these files, top to bottom:
 //!
-//! - [`server`]: binds the Unix sockets (and optional TCP), the lock file, graceful shutdown.
-//! - [`stack`] (in this file): the tower layers every request passes, in order.
-//!   - [`limits`]: body buffered once under the size limit.
-//!   - [`identity`]: who is asking ([`intent::Principal`]); [`identity::context`]: hero
-//!     context, claims and user, combined into an [`intent::Caller`].
-//! - [`adapters`]: REST, OpenRPC (and later MCP) translate the wire protocol into calls
-//!   on the dispatcher, and nothing else.
-//! - [`dispatch`]: the core. The executor's own [`methods`], or a capability:
-//!   [`catalog`] lookup and params validation, then [`upstream`] forwarding.
+//! - [`server`]: binds the Unix sockets (and optional TCP), the lock file; the accept loop
+//!   with its connection limits; graceful shutdown.
+//! - `finish` (in this file): the tower layers every request passes, in order:
+//!   - [`limits`]: load shedding, the body buffered once under the size limit;
+//!   - [`identity`]: who is asking ([`intent::Principal`]: a verified signature, else the
+//!     trusted local peer); [`identity::respond`] signs the answer;
+//!   - [`limits::rate_limit`] per principal; [`identity::context`]: hero context, claims and
+//!     user, combined into an [`intent::Caller`].
+//! - [`adapters`]: OpenRPC, REST and MCP translate the wire protocol into calls on the
+//!   dispatcher, and nothing else.
+//! - [`dispatch`]: the core. The executor's own [`methods`], or a capability: [`catalog`]
+//!   lookup, [`policy`] decision, a [`runs`] record, params validation, then [`upstream`]
+//!   forwarding; approvals in `dispatch::approvals`.
 //! - [`catalog`]: discovery of `<socket_dir>/<service>/rpc.sock` services.
-//! - [`error`], [`jsonrpc`], [`intent`]: the types that travel between them.
+//! - [`error`], [`jsonrpc`], [`intent`]: the types that travel between them; [`db`]: SQLite.
+//!
+//! Beside the pipeline: [`cli`] and [`commands`] (client commands), [`client`] (the signing
+//! client), [`mcp_bridge`] (`hero_executor mcp`), [`lifecycle`] and [`hero_proc`]
+//! (`--start` / `--stop` / `--info`), [`config`].
 
 #![forbid(unsafe_code)]
 

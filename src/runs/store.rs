@@ -248,18 +248,6 @@ impl RunStore {
         Ok((runs, next))
     }
 
-    /// How many runs are recorded, by status.
-    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, ExecError> {
-        self.reader
-            .call(|conn| {
-                let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect()
-            })
-            .await
-            .map_err(internal)
-    }
-
     /// Waits until run `id` is final or `timeout` passes; returns it as it is then.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Run, ExecError> {
         // Subscribe before reading, so a change between the two is not missed.
