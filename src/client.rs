@@ -20,6 +20,10 @@ use crate::identity::respond::RESPONSE_LABEL;
 use crate::identity::signature::{self, MessageView, SigError};
 use crate::identity::verify::required_components;
 
+/// The `Accept-Signature` (RFC 9421 section 5.1) a client that checks answers sends: the
+/// components of the executor's answer signature to an unsigned request.
+const ACCEPT_SIGNATURE_VALUE: &str = r#"hero_executor=("@status" "content-type" "content-digest")"#;
+
 /// What can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -178,6 +182,13 @@ impl Client {
         headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
         if !body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
             headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if self.executor_key.is_some() {
+            // Unsigned requests get a signed answer only when they ask (signed ones always do).
+            headers.insert(
+                crate::identity::respond::ACCEPT_SIGNATURE,
+                HeaderValue::from_static(ACCEPT_SIGNATURE_VALUE),
+            );
         }
         if let Some(signer) = &self.signer {
             signer.sign(&method, &uri, &mut headers, &body, crate::now_unix())?;

@@ -342,8 +342,8 @@ async fn protocol_versions_2025_06_18_and_2025_11_25_over_plain_http() {
         let session = answer.headers["mcp-session-id"].to_str().unwrap().to_owned();
         assert_eq!(messages(&answer)[0]["result"]["protocolVersion"], version);
         assert!(
-            answer.headers.contains_key("signature"),
-            "answers are signed like every other surface"
+            !answer.headers.contains_key("signature"),
+            "an unsigned request that does not ask gets an unsigned answer"
         );
 
         let with_session = [
@@ -361,6 +361,17 @@ async fn protocol_versions_2025_06_18_and_2025_11_25_over_plain_http() {
         let result = &messages(&answer)[0]["result"];
         assert_eq!(result["structuredContent"], json!({"message": version}), "{result}");
         assert_eq!(result["isError"], false);
+
+        // Asked for (RFC 9421 Accept-Signature), the answer is signed like every other surface's.
+        let asking = [
+            with_session.as_slice(),
+            &[("accept-signature", "hero_executor=(\"@status\")")],
+        ]
+        .concat();
+        let answer = http(&node.rpc_sock(), "POST", "/mcp", &asking, call.to_string()).await;
+        assert_eq!(answer.status, 200);
+        let input = answer.headers["signature-input"].to_str().unwrap();
+        assert!(input.starts_with("hero_executor=(\"@status\""), "{input}");
     }
 }
 

@@ -1,7 +1,13 @@
-//! Signed responses (DESIGN section 6): the executor's own Ed25519 key signs every
-//! authenticated response, covering `@status`, `content-type`, `content-digest`, and,
-//! when the request was signed, the request's `@method`, `@path` and signature (`;req`),
-//! so a caller can prove what the executor answered to which request.
+//! Signed responses (DESIGN section 6): the executor's own Ed25519 key signs the
+//! response to every signed request, covering `@status`, `content-type`,
+//! `content-digest` and the request's `@method`, `@path` and signature (`;req`), so a
+//! caller can prove what the executor answered to which request.
+//!
+//! A request authenticated by its socket peer (the owner's uid, no signature) has no
+//! signature to bind the answer to; its answer is signed (without the `;req` components)
+//! only when it asks with an `Accept-Signature` header (RFC 9421 section 5.1), as
+//! [`crate::client::Client`] does when it knows the executor's key. Signing was a tenth of
+//! an unsigned call's CPU, so it is not spent on answers nobody checks (README, Decisions).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -78,12 +84,17 @@ impl ServerKey {
     }
 }
 
-/// Signs the responses of authenticated requests (those that carry a [`Principal`]).
+/// The request header that asks for a signed answer to an unsigned request.
+pub const ACCEPT_SIGNATURE: &str = "accept-signature";
+
+/// Signs the responses of authenticated requests (those that carry a [`Principal`]) that
+/// were signed or ask for a signature.
 pub async fn sign_response(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if request.extensions().get::<Principal>().is_none() {
+    let verified = request.extensions().get::<VerifiedSignature>().cloned();
+    let wanted = verified.is_some() || request.headers().contains_key(ACCEPT_SIGNATURE);
+    if !wanted || request.extensions().get::<Principal>().is_none() {
         return next.run(request).await;
     }
-    let verified = request.extensions().get::<VerifiedSignature>().cloned();
     let method = request.method().clone();
     let uri = request.uri().clone();
     let request_headers = match verified {
