@@ -9,6 +9,11 @@ use hero_executor::config::LogFormat;
 use hero_executor::{AppState, server};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: a call allocates and frees many small buffers across threads; glibc's malloc
+/// took a fifth of the executor's CPU under load (`make bench`, README Performance).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(command) = &cli.command {
