@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the core's hot paths (`make microbench`):
 //! signature verification, a policy decision over 1,000 rules, catalog search over 10,000
-//! capabilities, run insert throughput (group commit), and filtered run listing on a table
+//! capabilities (and what a caller may see of them under that policy), run insert throughput (group commit), and filtered run listing on a table
 //! of 1,000,000 rows.
 
 use std::hint::black_box;
@@ -10,10 +10,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use hero_executor::catalog::spec::parse_service;
 use hero_executor::catalog::{HeroIntent, Snapshot};
 use hero_executor::db::Db;
+use hero_executor::dispatch::VisibilityCache;
 use hero_executor::identity::registry::{NewKey, Registry};
 use hero_executor::identity::signature;
 use hero_executor::identity::verify::{SignatureRules, Verifier};
-use hero_executor::intent::Claims;
+use hero_executor::intent::{Caller, Claims, Principal};
 use hero_executor::policy::{Policy, Subject};
 use hero_executor::runs::store::{ListFilter, RunStore};
 use hero_executor::runs::{Run, RunStatus};
@@ -78,7 +79,8 @@ fn signature_verification(c: &mut Criterion) {
     });
 }
 
-fn policy_decision(c: &mut Criterion) {
+/// A policy of 1,000 rules (grants and approval guards) that lets `agent` run `echo.*`.
+fn big_policy() -> Policy {
     let mut text = String::new();
     for i in 0..999 {
         match i % 2 {
@@ -91,6 +93,11 @@ fn policy_decision(c: &mut Criterion) {
     text.push_str("[[grant]]\nclaim = \"agent\"\ncapabilities = [\"echo.*\"]\n");
     let policy = Policy::parse(&text, "bench.toml").unwrap();
     assert_eq!(policy.rule_count(), 1000);
+    policy
+}
+
+fn policy_decision(c: &mut Criterion) {
+    let policy = big_policy();
     let claims = Claims::parse("agent").unwrap();
     let subject = Subject {
         principal: "bench",
@@ -102,7 +109,8 @@ fn policy_decision(c: &mut Criterion) {
     });
 }
 
-fn catalog_search(c: &mut Criterion) {
+/// 100 services of 100 capabilities each.
+fn big_catalog() -> Snapshot {
     let mut snapshot = Snapshot::default();
     for s in 0..100 {
         let methods: Vec<serde_json::Value> = (0..100)
@@ -119,9 +127,44 @@ fn catalog_search(c: &mut Criterion) {
         );
     }
     assert_eq!(snapshot.capabilities().count(), 10_000);
+    snapshot
+}
+
+fn catalog_search(c: &mut Criterion) {
+    let snapshot = big_catalog();
     c.bench_function("catalog search, 10,000 capabilities", |b| {
         b.iter(|| black_box(snapshot.search(black_box("method42 books"), None, 20, |_| true)))
     });
+
+    // What catalog.list|search and MCP tool lists filter by: the capabilities policy lets
+    // the caller see. Deciding it (cold) is one policy decision per capability; after that
+    // it is cached per subject until the catalog or the policy changes.
+    let policy = big_policy();
+    let caller = Caller {
+        principal: Principal {
+            id: "bench".into(),
+            ceiling: Claims::All,
+            contexts: None,
+        },
+        context: 0,
+        claims: Claims::parse("team0,team2,team4").unwrap(),
+        user: None,
+        request_id: String::new(),
+        traceparent: None,
+    };
+    c.bench_function("catalog visibility, 10,000 capabilities, 1,000 rules (cold)", |b| {
+        b.iter(|| black_box(VisibilityCache::default().get(&policy, &caller, &snapshot)))
+    });
+    let cache = VisibilityCache::default();
+    c.bench_function(
+        "catalog search, 10,000 capabilities, as a caller (cached visibility)",
+        |b| {
+            b.iter(|| {
+                let visible = cache.get(&policy, &caller, &snapshot);
+                black_box(snapshot.search(black_box("method42 books"), None, 20, |c| visible.contains(c)))
+            })
+        },
+    );
 }
 
 fn run(id: String, i: usize) -> Run {

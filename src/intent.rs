@@ -20,7 +20,7 @@ pub enum Surface {
 }
 
 /// A set of claims, or full trust (`*`), which holds every claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Claims {
     /// Full trust: every claim. Forwarded calls carry no `X-Hero-Claims` header.
     All,

@@ -475,6 +475,14 @@ async fn policy_reload_keeps_the_old_policy_when_the_new_one_is_invalid() {
     let (s, _executor) = setup(node, move |c| c.policy = Some(path)).await;
     call(&s.agent, "echo.echo", json!({"message": "a"})).await.unwrap();
     assert_eq!(rpc_error(call(&s.agent, "echo.whoami", json!({})).await).0, -32002);
+    let listed = || async {
+        let listed = call(&s.agent, "catalog.list", json!({})).await.unwrap();
+        let names = listed["capabilities"].as_array().unwrap().iter();
+        names
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed().await, ["echo.echo"]);
 
     std::fs::write(
         &policy,
@@ -496,6 +504,8 @@ async fn policy_reload_keeps_the_old_policy_when_the_new_one_is_invalid() {
     let reloaded = rpc(&s.node.rpc_sock(), "policy.reload", json!({})).await;
     assert_eq!(reloaded["result"]["rules"], 1, "{reloaded}");
     call(&s.agent, "echo.whoami", json!({})).await.unwrap();
+    // What the catalog shows follows the new policy (visibility is cached per policy).
+    assert!(listed().await.len() > 1 && listed().await.contains(&"echo.whoami".to_owned()));
 
     // explain says why, with the rule's line; check finds patterns that match nothing.
     let explained = rpc(

@@ -137,10 +137,8 @@ impl ServerHandler for McpServer {
             return Ok(ListToolsResult::with_all_items(meta_tools(&self.state, &caller)));
         }
         let snapshot = self.state.dispatcher.catalog().snapshot();
-        let visible: Vec<&Arc<Capability>> = snapshot
-            .capabilities()
-            .filter(|c| self.state.dispatcher.may_see(&caller, c))
-            .collect();
+        let may_see = self.state.dispatcher.visible(&caller, &snapshot);
+        let visible: Vec<&Arc<Capability>> = snapshot.capabilities().filter(|c| may_see.contains(c)).collect();
         let start = match request.and_then(|r| r.cursor) {
             None => 0,
             Some(cursor) => cursor
@@ -265,10 +263,11 @@ fn schema(value: Value) -> Arc<Map<String, Value>> {
 /// The meta-tools this caller may use; `execute` names the services it can reach.
 fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
     let snapshot = state.dispatcher.catalog().snapshot();
+    let visible = state.dispatcher.visible(caller, &snapshot);
     let services: Vec<&str> = snapshot
         .services
         .values()
-        .filter(|s| s.capabilities.values().any(|c| state.dispatcher.may_see(caller, c)))
+        .filter(|s| s.capabilities.values().any(|c| visible.contains(c)))
         .map(|s| s.name.as_str())
         .collect();
     let services = match services.is_empty() {

@@ -8,6 +8,7 @@
 //! without one.
 
 mod approvals;
+mod visibility;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -17,7 +18,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Capability, Catalog, HeroIntent, Lookup};
+use crate::catalog::{Capability, Catalog, HeroIntent, Lookup, Snapshot};
 use crate::error::{ExecError, Failure};
 use crate::identity::registry::Registry;
 use crate::intent::{Caller, CapabilityName, Claims, Intent, Outcome, Surface};
@@ -26,6 +27,7 @@ use crate::policy::{Decision, Policy, Subject, Verdict};
 use crate::runs::store::{Changes, RunStore};
 use crate::runs::{Run, RunStatus, now_ms};
 use crate::upstream::{ForwardHeaders, Upstream};
+pub use visibility::{VisibilityCache, Visible};
 
 /// Limits of the core.
 #[derive(Debug, Clone)]
@@ -52,7 +54,8 @@ pub struct Permit {
 pub struct Dispatcher {
     catalog: Arc<Catalog>,
     registry: Arc<Registry>,
-    policy: RwLock<Arc<Policy>>,
+    /// The policy in force, and what it lets each subject see (replaced together).
+    policy: RwLock<(Arc<Policy>, Arc<VisibilityCache>)>,
     policy_path: Option<PathBuf>,
     forwarder: Forwarder,
     running: approvals::Running,
@@ -82,7 +85,7 @@ impl Dispatcher {
         Self {
             catalog,
             registry,
-            policy: RwLock::new(Arc::new(policy)),
+            policy: RwLock::new((Arc::new(policy), Arc::default())),
             policy_path,
             forwarder: Forwarder {
                 upstream,
@@ -112,7 +115,7 @@ impl Dispatcher {
 
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
     /// Reloads the policy file. An invalid file leaves the running policy in place and
@@ -123,7 +126,7 @@ impl Dispatcher {
                 tracing::error!(%error, "policy reload refused; the running policy stays");
             }
         })?);
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy.clone();
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = (policy.clone(), Arc::default());
         tracing::info!(source = %policy.source, rules = policy.rule_count(), "policy reloaded");
         Ok(policy)
     }
@@ -136,6 +139,13 @@ impl Dispatcher {
     /// Whether `caller` may see (run, possibly after approval) `capability`.
     pub fn may_see(&self, caller: &Caller, capability: &Capability) -> bool {
         self.decide(caller, &capability.name, &capability.intent).verdict != Verdict::Deny
+    }
+
+    /// Every capability of `snapshot` that `caller` may see, decided once per subject,
+    /// catalog generation and policy.
+    pub fn visible(&self, caller: &Caller, snapshot: &Snapshot) -> Arc<Visible> {
+        let (policy, cache) = self.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
+        cache.get(&policy, caller, snapshot)
     }
 
     /// Answers one JSON-RPC method call from any surface.

@@ -36,25 +36,27 @@ pub(super) async fn handle(
     params: Option<Value>,
 ) -> Result<Option<Value>, Failure> {
     let snapshot = d.catalog().snapshot();
+    let visible = || d.visible(caller, &snapshot);
     Ok(Some(match method {
         "catalog.list" => {
             let p: ListParams = parse(method, params)?;
             check_service(p.service.as_deref())?;
             let wanted = |name: &str| p.service.as_deref().is_none_or(|s| s == name);
+            let visible = visible();
             let capabilities: Vec<Value> = snapshot
                 .capabilities()
-                .filter(|c| wanted(&c.service) && d.may_see(caller, c))
+                .filter(|c| wanted(&c.service) && visible.contains(c))
                 .map(|c| c.summary_json())
                 .collect();
             // Services are listed when the caller may run at least one of their capabilities.
             let services: Vec<Value> = snapshot
                 .services
                 .values()
-                .filter(|s| wanted(&s.name) && s.capabilities.values().any(|c| d.may_see(caller, c)))
+                .filter(|s| wanted(&s.name) && s.capabilities.values().any(|c| visible.contains(c)))
                 .map(|s| {
                     json!({
                         "name": s.name,
-                        "capabilities": s.capabilities.values().filter(|c| d.may_see(caller, c)).count(),
+                        "capabilities": s.capabilities.values().filter(|c| visible.contains(c)).count(),
                         "fingerprint": s.fingerprint,
                         "warnings": s.warnings,
                     })
@@ -78,8 +80,9 @@ pub(super) async fn handle(
             if !(1..=200).contains(&limit) {
                 return Err(ExecError::invalid_params("limit must be between 1 and 200").into());
             }
+            let visible = visible();
             let found: Vec<Value> = snapshot
-                .search(&p.query, p.service.as_deref(), limit, |c| d.may_see(caller, c))
+                .search(&p.query, p.service.as_deref(), limit, |c| visible.contains(c))
                 .iter()
                 .map(|c| c.summary_json())
                 .collect();
@@ -104,7 +107,8 @@ pub(super) async fn handle(
         }
         "catalog.openrpc" => {
             let _: NoParams = parse(method, params)?;
-            snapshot.openrpc(snapshot.capabilities().filter(|c| d.may_see(caller, c)))
+            let visible = visible();
+            snapshot.openrpc(snapshot.capabilities().filter(|c| visible.contains(c)))
         }
         _ => return Ok(None),
     }))
