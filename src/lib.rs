@@ -201,7 +201,8 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .layer(from_fn_with_state(state.config.max_body_bytes, limits::buffer_body))
         // Who is asking: needs the buffered body (open rpc.discover, content digests).
         .layer(identity::IdentityLayer::new(state.clone()))
-        // Every authenticated answer is signed, including rejections from the layers below.
+        // Answers to signed (or Accept-Signature) requests are signed, including rejections
+        // from the layers below.
         .layer(from_fn_with_state(state.clone(), identity::respond::sign_response))
         // Per-principal rate limits: needs the principal, so after identity.
         .layer(from_fn_with_state(state.clone(), limits::rate_limit))
