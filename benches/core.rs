@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the core's hot paths (`make microbench`):
-//! signature verification, a policy decision over 1,000 rules, catalog search over 10,000
+//! signature verification and answer signing, a policy decision over 1,000 rules, catalog search over 10,000
 //! capabilities (and what a caller may see of them under that policy), run insert throughput (group commit), and filtered run listing on a table
 //! of 1,000,000 rows.
 
@@ -75,6 +75,38 @@ fn signature_verification(c: &mut Criterion) {
             verifier
                 .verify(&Method::POST, &uri, &headers, body, hero_executor::now_unix())
                 .unwrap()
+        })
+    });
+
+    // What the executor adds to the answer of that request (identity/respond.rs).
+    let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"message":"hello"}}"#;
+    let components = [
+        "\"@status\"",
+        "\"content-type\"",
+        "\"content-digest\"",
+        "\"@method\";req",
+        "\"@path\";req",
+        "\"signature\";req;key=\"sig1\"",
+    ];
+    c.bench_function("sign an answer (digest, base with ;req, Ed25519)", |b| {
+        b.iter(|| {
+            let mut response = HeaderMap::new();
+            response.insert("content-type", "application/json".parse().unwrap());
+            response.insert("content-digest", signature::content_digest(answer).parse().unwrap());
+            let inner =
+                signature::params_inner_list(&components, hero_executor::now_unix(), None, None, "hero_executor:b")
+                    .unwrap();
+            let line = signature::serialize_inner_list(&inner).unwrap();
+            let response_view = signature::MessageView {
+                method: &Method::POST,
+                uri: &uri,
+                headers: &response,
+                scheme: "http",
+                status: Some(200),
+            };
+            let request_view = signature::MessageView::request(&Method::POST, &uri, &headers);
+            let base = signature::signature_base(&response_view, Some(&request_view), &inner.items, &line).unwrap();
+            black_box(signature::sign_ed25519(&key, &base))
         })
     });
 }
