@@ -360,16 +360,12 @@ fn writer_loop(
         // about the same for one write as for ten (the same few pages are written to the
         // WAL), and that wait is shorter than a commit. A lone caller never waits.
         let mut batch = vec![first];
-        let deadline = std::time::Instant::now() + LINGER;
+        if last >= LINGER_AFTER {
+            std::thread::sleep(LINGER);
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(_) if last >= LINGER_AFTER => {
-                    match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
                 Err(_) => break,
             }
         }
