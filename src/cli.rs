@@ -105,6 +105,10 @@ pub struct Cli {
     #[arg(long, default_value_t = 1024)]
     pub max_concurrent: usize,
 
+    /// Async worker threads [default: one per core less one, at least one]
+    #[arg(long, env = "HERO_EXECUTOR_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
     /// Calls in flight to one target service; more wait within their timeout
     #[arg(long, default_value_t = 64)]
     pub max_per_target: usize,
@@ -164,6 +168,9 @@ impl Cli {
         ];
         if let Some(listen) = self.listen {
             args.extend(["--listen".to_owned(), listen.to_string()]);
+        }
+        if let Some(workers) = self.workers {
+            args.extend(["--workers".to_owned(), workers.to_string()]);
         }
         if let Some(policy) = &self.policy {
             args.extend(["--policy".to_owned(), absolute(policy)]);

@@ -34,7 +34,12 @@ fn main() -> ExitCode {
     if cli.start || cli.stop {
         return lifecycle(&cli, &config);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let workers = cli.workers.map_or_else(server::default_workers, usize::from);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hero_executor: cannot start the async runtime: {e}");

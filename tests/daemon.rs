@@ -130,8 +130,12 @@ async fn stale_sockets_are_replaced() {
     std::fs::create_dir_all(&dir).unwrap();
     drop(std::os::unix::net::UnixListener::bind(dir.join("rpc.sock")).unwrap());
     std::fs::write(dir.join("rest.sock"), "left over").unwrap();
-    let _daemon = node.spawn_daemon(&[]).await;
+    // Any worker count serves (the default depends on the machine's cores).
+    let _daemon = node.spawn_daemon(&["--workers", "3"]).await;
     assert_eq!(get(&node.rest_sock(), "/health").await.status, 200);
+    let refused = node.daemon_command(&["--workers", "0"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(node.daemon_log().contains("--workers"), "{}", node.daemon_log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
