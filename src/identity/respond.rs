@@ -70,6 +70,55 @@ impl ServerKey {
         }
     }
 
+    /// Signs an answer: sets its `Content-Digest`, then `Signature-Input` and `Signature`
+    /// (label `hero_executor`) covering `@status`, `content-type` (when set),
+    /// `content-digest` and, when the request was signed with `request_label`, the
+    /// request's `@method`, `@path` and that signature (`;req`).
+    pub fn sign_answer(
+        &self,
+        request: &MessageView<'_>,
+        request_label: Option<&str>,
+        answer: &mut http::response::Parts,
+        body: &[u8],
+    ) -> Result<(), signature::SigError> {
+        let digest = signature::content_digest(body);
+        answer.headers.insert(
+            "content-digest",
+            HeaderValue::from_str(&digest).expect("base64 is visible ASCII"),
+        );
+        let mut components = vec!["\"@status\"".to_owned()];
+        if answer.headers.contains_key(http::header::CONTENT_TYPE) {
+            components.push("\"content-type\"".to_owned());
+        }
+        components.push("\"content-digest\"".to_owned());
+        if let Some(label) = request_label {
+            components.push("\"@method\";req".to_owned());
+            components.push("\"@path\";req".to_owned());
+            components.push(format!("\"signature\";req;key=\"{label}\""));
+        }
+        let refs: Vec<&str> = components.iter().map(String::as_str).collect();
+        let inner = signature::params_inner_list(&refs, crate::now_unix(), None, None, &self.keyid)?;
+        let params_line = signature::serialize_inner_list(&inner)?;
+        let answer_view = MessageView {
+            headers: &answer.headers,
+            status: Some(answer.status.as_u16()),
+            ..*request
+        };
+        let base = signature::signature_base(&answer_view, Some(request), &inner.items, &params_line)?;
+        let sig = signature::sign_ed25519(&self.signing, &base);
+        let header = |value: String| {
+            HeaderValue::from_str(&value).map_err(|_| signature::SigError("unencodable signature header".into()))
+        };
+        answer
+            .headers
+            .insert("signature-input", header(format!("{RESPONSE_LABEL}={params_line}"))?);
+        answer.headers.insert(
+            "signature",
+            header(format!("{RESPONSE_LABEL}={}", signature::byte_sequence(&sig)))?,
+        );
+        Ok(())
+    }
+
     pub fn verifying_key(&self) -> VerifyingKey {
         self.signing.verifying_key()
     }
@@ -118,52 +167,16 @@ pub async fn sign_response(State(state): State<AppState>, request: Request, next
             crate::error::ExecError::Internal("unreadable response body".into()),
         );
     };
-    let digest = signature::content_digest(&bytes);
-    parts.headers.insert(
-        "content-digest",
-        HeaderValue::from_str(&digest).expect("base64 is visible ASCII"),
-    );
-
-    let mut components = vec!["\"@status\"".to_owned()];
-    if parts.headers.contains_key(http::header::CONTENT_TYPE) {
-        components.push("\"content-type\"".to_owned());
-    }
-    components.push("\"content-digest\"".to_owned());
-    if let Some(v) = &verified {
-        components.push("\"@method\";req".to_owned());
-        components.push("\"@path\";req".to_owned());
-        components.push(format!("\"signature\";req;key=\"{}\"", v.label));
-    }
-    let key = &state.server_key;
-    let signed = (|| {
-        let refs: Vec<&str> = components.iter().map(String::as_str).collect();
-        let inner = signature::params_inner_list(&refs, crate::now_unix(), None, None, &key.keyid)?;
-        let params_line = signature::serialize_inner_list(&inner)?;
-        let response_view = MessageView {
-            method: &method,
-            uri: &uri,
-            headers: &parts.headers,
-            scheme: "http",
-            status: Some(parts.status.as_u16()),
-        };
-        let request_view = MessageView {
-            headers: &request_headers,
-            status: None,
-            ..response_view
-        };
-        let base = signature::signature_base(&response_view, Some(&request_view), &inner.items, &params_line)?;
-        Ok::<_, signature::SigError>((params_line, signature::sign_ed25519(&key.signing, &base)))
-    })();
-    match signed {
-        Ok((params_line, sig)) => {
-            let input = format!("{RESPONSE_LABEL}={params_line}");
-            let sig = format!("{RESPONSE_LABEL}={}", signature::byte_sequence(&sig));
-            if let (Ok(input), Ok(sig)) = (HeaderValue::from_str(&input), HeaderValue::from_str(&sig)) {
-                parts.headers.insert("signature-input", input);
-                parts.headers.insert("signature", sig);
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "could not sign a response"),
+    let request = MessageView {
+        method: &method,
+        uri: &uri,
+        headers: &request_headers,
+        scheme: "http",
+        status: None,
+    };
+    let label = verified.as_ref().map(|v| v.label.as_str());
+    if let Err(e) = state.server_key.sign_answer(&request, label, &mut parts, &bytes) {
+        tracing::error!(error = %e, "could not sign a response");
     }
     Response::from_parts(parts, Body::from(bytes))
 }
