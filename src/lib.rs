@@ -16,7 +16,8 @@
 //!   dispatcher, and nothing else.
 //! - [`dispatch`]: the core. The executor's own [`methods`], or a capability: [`catalog`]
 //!   lookup, [`policy`] decision, a [`runs`] record, params validation, then [`upstream`]
-//!   forwarding; approvals in `dispatch::approvals`.
+//!   forwarding; approvals in `dispatch::approvals`, what each caller may see of the
+//!   catalog in `dispatch::visibility`.
 //! - [`catalog`]: discovery of `<socket_dir>/<service>/rpc.sock` services.
 //! - [`error`], [`jsonrpc`], [`intent`]: the types that travel between them; [`db`]: SQLite.
 //!

@@ -136,11 +136,6 @@ impl Dispatcher {
         self.policy().decide(subject(caller), capability, intent)
     }
 
-    /// Whether `caller` may see (run, possibly after approval) `capability`.
-    pub fn may_see(&self, caller: &Caller, capability: &Capability) -> bool {
-        self.decide(caller, &capability.name, &capability.intent).verdict != Verdict::Deny
-    }
-
     /// Every capability of `snapshot` that `caller` may see, decided once per subject,
     /// catalog generation and policy.
     pub fn visible(&self, caller: &Caller, snapshot: &Snapshot) -> Arc<Visible> {

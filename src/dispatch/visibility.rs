@@ -1,7 +1,8 @@
 //! Which capabilities a caller may see, per catalog generation: `catalog.*` and MCP tool
 //! lists show only what policy lets the caller run, and deciding that for every capability
-//! of a large catalog on every listing costs a policy decision each (about 85 ms for
-//! 10,000 capabilities under 1,000 rules). The answer only changes with the caller's
+//! of a large catalog on every listing costs a policy decision each (`make microbench`:
+//! 2.8 ms for 10,000 capabilities under 1,000 rules, 207 ms before rules were indexed by
+//! service). The answer only changes with the caller's
 //! subject (principal, claims, context), the catalog generation and the policy, so it is
 //! computed once per subject and kept until one of them changes.
 

@@ -8,6 +8,7 @@ use super::{NoParams, parse};
 use crate::dispatch::Dispatcher;
 use crate::error::{ExecError, Failure};
 use crate::intent::{Caller, CapabilityName, is_service_name};
+use crate::policy::Verdict;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,14 +92,16 @@ pub(super) async fn handle(
         "catalog.describe" => {
             let p: DescribeParams = parse(method, params)?;
             let name = CapabilityName::parse(&p.capability).map_err(ExecError::invalid_params)?;
-            let cap = snapshot
+            // One decision: it hides what the caller may not run, and explains the rest.
+            let (cap, decision) = snapshot
                 .services
                 .get(&name.service)
                 .and_then(|s| s.capabilities.get(&name.method))
-                .filter(|c| d.may_see(caller, c))
+                .map(|c| (c, d.decide(caller, &c.name, &c.intent)))
+                .filter(|(_, decision)| decision.verdict != Verdict::Deny)
                 .ok_or_else(|| ExecError::NotFound(format!("no capability {name}")))?;
             let mut described = cap.describe_json();
-            described["policy"] = serde_json::to_value(d.decide(caller, &cap.name, &cap.intent)).unwrap_or_default();
+            described["policy"] = serde_json::to_value(decision).unwrap_or_default();
             described
         }
         "catalog.refresh" => {

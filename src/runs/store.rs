@@ -2,7 +2,7 @@
 //! whatever has queued up in one transaction (group commit); every write is acknowledged
 //! after its commit, so an answer is never sent before its run is on disk. A second thread
 //! checkpoints the WAL into the database file, so the writer does not stop for the bulk of
-//! a checkpoint's copying and fsyncs (see [`checkpoint_loop`]). Reads use the shared
+//! a checkpoint's copying and fsyncs (see `checkpoint_loop`). Reads use the shared
 //! connection on blocking threads. Status changes are broadcast for `runs.wait`.
 
 use std::path::Path;
