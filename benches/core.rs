@@ -120,6 +120,7 @@ fn policy_decision(c: &mut Criterion) {
     let subject = Subject {
         principal: "bench",
         claims: &claims,
+        ceiling: &claims,
         context: 0,
     };
     c.bench_function("policy decision, 1,000 rules", |b| {
@@ -189,8 +190,10 @@ fn run(id: String, i: usize) -> Run {
     Run {
         id,
         parent_id: None,
+        replay_of: None,
+        cancelled_by: None,
         name: format!("svc{}.method{}", i % 20, i % 7),
-        surface: "openrpc".into(),
+        surface: hero_executor::intent::Surface::Openrpc,
         principal: format!("agent{}", i % 50),
         chain: vec![format!("agent{}", i % 50)],
         context: 0,
@@ -201,7 +204,7 @@ fn run(id: String, i: usize) -> Run {
         input: Some(r#"{"message":"hello"}"#.into()),
         input_truncated: false,
         idempotency_key: None,
-        decision: "allow".into(),
+        decision: hero_executor::policy::Verdict::Allow,
         rule: None,
         approvers: vec![],
         status: [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Denied][i % 3],

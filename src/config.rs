@@ -87,6 +87,7 @@ impl Config {
                 approval_ttl: Duration::from_secs(3600),
                 payload_cap: 64 * 1024,
                 retention: Some(Duration::from_secs(30 * 24 * 3600)),
+                local_owner: None,
             },
         }
     }

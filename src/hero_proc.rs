@@ -24,7 +24,7 @@ impl HeroProc {
     /// A client of the hero_proc under `socket_dir`, if its socket exists.
     pub fn find(socket_dir: &Path) -> Option<Self> {
         socket_dir.join("hero_proc/rpc.sock").exists().then(|| Self {
-            upstream: Upstream::new(socket_dir.to_owned(), 1024 * 1024),
+            upstream: Upstream::new(socket_dir.to_owned(), 1024 * 1024, Default::default()),
         })
     }
 

@@ -19,6 +19,22 @@ pub enum Surface {
     Mcp,
 }
 
+impl Surface {
+    pub const ALL: [Surface; 3] = [Self::Openrpc, Self::Rest, Self::Mcp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openrpc => "openrpc",
+            Self::Rest => "rest",
+            Self::Mcp => "mcp",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
 /// A set of claims, or full trust (`*`), which holds every claim.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Claims {
@@ -152,6 +168,7 @@ impl CapabilityName {
     /// Splits and validates. Rejects a service name outside `^[a-z][a-z0-9_]*$` before any
     /// path could be built from it.
     pub fn parse(name: &str) -> Result<Self, String> {
+        crate::access::check_name(name)?;
         let Some((service, method)) = name.split_once('.') else {
             return Err(format!("{name:?} is not a capability: expected <service>.<method>"));
         };

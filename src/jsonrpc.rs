@@ -100,6 +100,21 @@ pub fn parse_request(value: Value) -> Result<Request, Invalid> {
     Ok(Request { id, method, params })
 }
 
+/// The id of a single request in `body`, when it has a valid one (else null): so an error
+/// made before the request was parsed in full still answers the request's id.
+pub fn request_id(body: &[u8]) -> Value {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    match serde_json::from_slice::<IdOnly>(body) {
+        Ok(IdOnly {
+            id: Some(id @ (Value::String(_) | Value::Number(_))),
+        }) => id,
+        _ => Value::Null,
+    }
+}
+
 /// A success response. The result is embedded verbatim.
 pub fn success(id: &Value, result: &RawValue) -> Box<RawValue> {
     #[derive(Serialize)]

@@ -12,26 +12,31 @@
 //!     trusted local peer); [`identity::respond`] signs the answer;
 //!   - [`limits::rate_limit`] per principal; [`identity::context`]: hero context, claims and
 //!     user, combined into an [`intent::Caller`].
-//! - [`adapters`]: OpenRPC, REST and MCP translate the wire protocol into calls on the
-//!   dispatcher, and nothing else.
-//! - [`dispatch`]: the core. The executor's own [`methods`], or a capability: [`catalog`]
-//!   lookup, [`policy`] decision, a [`runs`] record, params validation, then [`upstream`]
-//!   forwarding; approvals in `dispatch::approvals`, what each caller may see of the
-//!   catalog in `dispatch::visibility`.
+//! - [`adapters`]: OpenRPC, REST and MCP translate the wire protocol into a typed
+//!   [`command::Command`], and nothing else.
+//! - [`command`]: every call from every surface, parsed once and applied in one `match`;
+//!   the executor's own methods are answered there, under the built-in rules of
+//!   [`access`] (reserved names, `executor.admin`, approvers).
+//! - [`dispatch`]: the core for a capability: [`catalog`] lookup, a [`policy`] decision
+//!   (an allow is a `Permit`), a [`runs`] record, params validation, then [`upstream`]
+//!   forwarding; approvals (decided again) in `dispatch::approvals`, what each caller may
+//!   see of the catalog in `dispatch::visibility`.
 //! - [`catalog`]: discovery of `<socket_dir>/<service>/rpc.sock` services.
-//! - [`error`], [`jsonrpc`], [`intent`]: the types that travel between them; [`db`]: SQLite.
+//! - [`error`], [`jsonrpc`], [`intent`]: the types that travel between them, and
+//!   [`error::render`], which answers an error in each surface's shape; [`db`]: SQLite.
 //!
-//! Beside the pipeline: [`cli`] and [`commands`] (client commands), [`client`] (the signing
+//! Beside the pipeline: [`cli`] (the command line and its client commands), [`client`] (the signing
 //! client), [`mcp_bridge`] (`hero_executor mcp`), [`lifecycle`] and [`hero_proc`]
 //! (`--start` / `--stop` / `--info`), [`config`].
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod adapters;
 pub mod catalog;
 pub mod cli;
 pub mod client;
-pub mod commands;
+pub mod command;
 pub mod config;
 pub mod db;
 pub mod dispatch;
@@ -43,7 +48,6 @@ pub mod jsonrpc;
 pub mod lifecycle;
 pub mod limits;
 pub mod mcp_bridge;
-pub mod methods;
 pub mod policy;
 pub mod runs;
 pub mod server;
@@ -72,6 +76,7 @@ use error::ExecError;
 use identity::registry::Registry;
 use identity::respond::ServerKey;
 use identity::verify::Verifier;
+use intent::Principal;
 use policy::Policy;
 use runs::store::RunStore;
 use upstream::Upstream;
@@ -107,6 +112,8 @@ pub struct AppState {
     pub rate_limiter: Arc<limits::RateLimiter>,
     /// Requests in flight across every listener.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Who opened each MCP session (shared by every listener that serves `/mcp`).
+    pub mcp_sessions: adapters::mcp::Sessions,
 }
 
 impl AppState {
@@ -119,13 +126,23 @@ impl AppState {
         let runs = Arc::new(RunStore::open(&db_path, db).map_err(|e| format!("{}: {e}", db_path.display()))?);
         let server_key = Arc::new(ServerKey::load_or_create(&config.data_dir)?);
         let policy = Policy::load(config.policy.as_deref()).map_err(|errors| errors.join("\n"))?;
-        let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes)
+        let own = upstream::OwnSockets {
+            paths: vec![config.rpc_socket(), config.rest_socket()],
+        };
+        let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes, own.clone())
             .with_target_limit(config.max_per_target);
         let catalog = Arc::new(Catalog::new(
             upstream.clone(),
             config.socket_dir.clone(),
             config.discover_timeout,
+            own,
         ));
+        let own_uid = rustix::process::geteuid().as_raw();
+        let core = dispatch::CoreConfig {
+            local_owner: (config.unsigned_local == config::UnsignedLocal::Owner)
+                .then(|| Principal::local_owner(own_uid)),
+            ..config.core.clone()
+        };
         let dispatcher = Arc::new(Dispatcher::new(
             catalog,
             registry.clone(),
@@ -133,7 +150,7 @@ impl AppState {
             upstream,
             policy,
             config.policy.clone(),
-            config.core.clone(),
+            core,
         ));
         Ok(Self {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
@@ -142,7 +159,8 @@ impl AppState {
             config: Arc::new(config),
             dispatcher,
             server_key,
-            own_uid: rustix::process::geteuid().as_raw(),
+            own_uid,
+            mcp_sessions: Default::default(),
         })
     }
 }
@@ -191,7 +209,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
         // A panic becomes a 500 in JSON, and the daemon keeps serving.
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
-            adapters::reject("/", ExecError::Internal("handler panicked".into()))
+            error::render::reject_path("/", ExecError::Internal("handler panicked".into()))
         }))
         // Past the global concurrency limit, requests are shed at once (503) rather than
         // queued: before any buffering, so an overload costs next to nothing.
@@ -218,11 +236,11 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 
 async fn not_found(request: axum::extract::Request) -> Response {
     let path = request.uri().path();
-    adapters::reject(path, ExecError::NotFound(format!("no route {path}")))
+    error::render::reject_path(path, ExecError::NotFound(format!("no route {path}")))
 }
 
 async fn method_not_allowed(request: axum::extract::Request) -> Response {
     let path = request.uri().path();
     let error = ExecError::HttpMethodNotAllowed(format!("{} is not allowed on {path}", request.method()));
-    adapters::reject(path, error)
+    error::render::reject_path(path, error)
 }

@@ -8,8 +8,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::header::CONTENT_LENGTH;
 
-use crate::adapters::reject;
 use crate::error::ExecError;
+use crate::error::render::{reject, reject_path};
 
 /// The request body, already read.
 #[derive(Debug, Clone)]
@@ -19,7 +19,7 @@ pub struct BufferedBody(pub Bytes);
 pub async fn buffer_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let too_large = || {
-        reject(
+        reject_path(
             &path,
             ExecError::TooLarge(format!("request body exceeds the limit of {limit} bytes")),
         )
@@ -37,7 +37,7 @@ pub async fn buffer_body(State(limit): State<usize>, request: Request, next: Nex
         Ok(bytes) => bytes,
         Err(e) if is_length_limit(&e) => return too_large(),
         Err(e) => {
-            return reject(
+            return reject_path(
                 &path,
                 ExecError::InvalidRequest(format!("could not read the request body: {e}")),
             );
@@ -118,7 +118,7 @@ pub async fn rate_limit(State(state): State<crate::AppState>, request: Request, 
     match verdict {
         Ok(()) => next.run(request).await,
         Err(retry_after_s) => {
-            let mut response = reject(request.uri().path(), ExecError::RateLimited { retry_after_s });
+            let mut response = reject(&request, ExecError::RateLimited { retry_after_s });
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, retry_after_s.into());
@@ -129,7 +129,7 @@ pub async fn rate_limit(State(state): State<crate::AppState>, request: Request, 
 
 /// Answers a request shed at the concurrency limit (503, `Retry-After: 1`).
 pub async fn shed(uri: http::Uri, _: tower::BoxError) -> Response {
-    let mut response = reject(uri.path(), ExecError::Overloaded);
+    let mut response = reject_path(uri.path(), ExecError::Overloaded);
     response.headers_mut().insert(http::header::RETRY_AFTER, 1.into());
     response
 }

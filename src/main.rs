@@ -85,7 +85,7 @@ fn run_command(cli: &Cli, command: &hero_executor::cli::Command) -> ExitCode {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        runtime.block_on(hero_executor::commands::run(command, &socket_dir))
+        runtime.block_on(hero_executor::cli::run(command, &socket_dir))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -289,7 +289,7 @@ async fn every_bad_signature_is_refused_before_forwarding() {
         "unknown keyid",
         signed_with_params(&unknown, &params, &body, &[]),
         body.clone(),
-        403,
+        401,
         -32005,
     ));
     let params = p(format!(r#";created={t};nonce="b2";keyid="gone""#));
@@ -297,7 +297,7 @@ async fn every_bad_signature_is_refused_before_forwarding() {
         "revoked keyid",
         signed_with_params(&revoked, &params, &body, &[]),
         body.clone(),
-        403,
+        401,
         -32005,
     ));
     let params = p(format!(r#";created={t};nonce="b3";keyid="agent-3""#));

@@ -192,10 +192,10 @@ async fn direct_tools_are_paginated_annotated_and_differ_per_principal() {
 
     let agent = mcp(&node, "agent", 1, true).await;
     let first_page = agent.peer().list_tools(None).await.unwrap();
-    assert_eq!(first_page.tools.len(), 50);
-    assert!(first_page.next_cursor.is_some(), "67 tools come in pages");
+    assert_eq!(first_page.tools.len(), 51, "50 capabilities and run_status");
+    assert!(first_page.next_cursor.is_some(), "67 capabilities come in pages");
     let all = agent.peer().list_all_tools().await.unwrap();
-    assert_eq!(all.len(), 67);
+    assert_eq!(all.len(), 68, "67 capabilities and run_status");
     let add = all.iter().find(|t| t.name == "echo.counter.add").unwrap();
     assert_eq!(add.input_schema["required"], json!(["amount"]));
     let output = add
@@ -226,7 +226,7 @@ async fn direct_tools_are_paginated_annotated_and_differ_per_principal() {
     let reader = mcp(&node, "reader", 3, true).await;
     assert_eq!(
         tool_names(&reader).await,
-        ["echo.echo"],
+        ["echo.echo", "run_status"],
         "tool lists follow each principal's grants"
     );
 

@@ -63,7 +63,7 @@ fn documented_methods_are_the_implemented_methods() {
         .iter()
         .map(|m| m["name"].as_str().unwrap().to_owned())
         .collect();
-    let implemented: Vec<String> = hero_executor::methods::METHODS.iter().map(|m| m.to_string()).collect();
+    let implemented: Vec<String> = hero_executor::command::METHODS.iter().map(|m| m.to_string()).collect();
     assert_eq!(documented, implemented);
 }
 
@@ -97,7 +97,7 @@ async fn every_documented_method_answers() {
     };
     // These need a run held for approval to succeed; here they must exist and refuse cleanly.
     let needs_setup = ["runs.approve", "runs.reject", "runs.cancel"];
-    for name in hero_executor::methods::METHODS {
+    for name in hero_executor::command::METHODS {
         let response = rpc(&node.rpc_sock(), name, params(name)).await;
         if needs_setup.contains(name) {
             assert_ne!(error_code(&response), -32601, "{name}: {response}");

@@ -4,7 +4,7 @@
 use hero_executor::catalog::HeroIntent;
 use hero_executor::catalog::spec::{Idempotency, SideEffect};
 use hero_executor::intent::Claims;
-use hero_executor::policy::{Pattern, Policy, Subject, Verdict};
+use hero_executor::policy::{Decision, Pattern, Policy, Subject, Verdict};
 
 fn claims(list: &str) -> Claims {
     Claims::parse(list).unwrap()
@@ -34,10 +34,11 @@ fn verdict(
 ) -> Verdict {
     let c = claims(claims_list);
     policy
-        .decide(
+        .explain(
             Subject {
                 principal,
                 claims: &c,
+                ceiling: &c,
                 context,
             },
             capability,
@@ -172,10 +173,11 @@ fn each_rule_kind_and_their_precedence() {
 fn decisions_are_explained() {
     let policy = Policy::parse(POLICY, "test.toml").unwrap();
     let c = claims("reader");
-    let d = policy.decide(
+    let d = policy.explain(
         Subject {
             principal: "bob",
             claims: &c,
+            ceiling: &c,
             context: 0,
         },
         "echo.sleep",
@@ -187,10 +189,11 @@ fn decisions_are_explained() {
     );
     let c = claims("agent");
     let admin = intent(SideEffect::Admin, Idempotency::ReplaySafe);
-    let d = policy.decide(
+    let d = policy.explain(
         Subject {
             principal: "a",
             claims: &c,
+            ceiling: &c,
             context: 9,
         },
         "echo.reset",
@@ -204,10 +207,11 @@ fn decisions_are_explained() {
         [("guard", 1, 10), ("grant", 1, 2)],
         "every matching rule, with its line"
     );
-    let d = policy.decide(
+    let d = policy.explain(
         Subject {
             principal: "a",
             claims: &c,
+            ceiling: &c,
             context: 0,
         },
         "hero_proc.kill",
@@ -281,4 +285,80 @@ fn the_embedded_default_loads() {
         ),
         Verdict::RequireApproval
     );
+}
+
+/// A guard's `claims` condition looks at the principal's own claims (its ceiling), so a
+/// caller that narrows its claims away with `X-Hero-Claims` is still caught; grants look at
+/// the narrowed claims.
+#[test]
+fn guards_on_claims_look_at_the_ceiling() {
+    let text = r#"
+[[grant]]
+claim = "agent"
+capabilities = ["echo.*"]
+
+[[guard]]
+capabilities = ["echo.*"]
+claims = ["contractor"]
+effect = "deny"
+reason = "contractors may not use echo"
+"#;
+    let policy = Policy::parse(text, "t.toml").unwrap();
+    let ceiling = claims("agent,contractor");
+    let narrowed = claims("agent");
+    let subject = |effective| Subject {
+        principal: "con",
+        claims: effective,
+        ceiling: &ceiling,
+        context: 0,
+    };
+    for effective in [&ceiling, &narrowed] {
+        let e = policy.explain(subject(effective), "echo.echo", &READ);
+        assert_eq!(e.verdict, Verdict::Deny, "effective claims {effective}");
+        assert_eq!(e.reason, "contractors may not use echo");
+    }
+    let plain = claims("agent");
+    let e = policy.explain(
+        Subject {
+            principal: "p",
+            claims: &plain,
+            ceiling: &plain,
+            context: 0,
+        },
+        "echo.echo",
+        &READ,
+    );
+    assert_eq!(e.verdict, Verdict::Allow);
+}
+
+/// At approval time an allow needs the approver to hold one of the approvers the policy in
+/// force names; a deny stays a deny; only an allow carries a permit, for its capability.
+#[test]
+fn approvals_are_decided_again() {
+    let policy = Policy::parse(POLICY, "test.toml").unwrap();
+    let agent = claims("agent");
+    let subject = Subject {
+        principal: "a",
+        claims: &agent,
+        ceiling: &agent,
+        context: 0,
+    };
+    let admin = intent(SideEffect::Admin, Idempotency::ReplaySafe);
+    let held = policy.decide(subject, "echo.reset", &admin);
+    assert!(matches!(held, Decision::RequireApproval(_)));
+    match policy.decide_approved(subject, "echo.reset", &admin, &claims("ops")) {
+        Decision::Allow(permit) => {
+            assert_eq!(permit.capability(), "echo.reset");
+            assert!(
+                permit.explanation().reason.starts_with("approved: "),
+                "{:?}",
+                permit.explanation()
+            );
+        }
+        other => panic!("an ops approval should allow, got {other:?}"),
+    }
+    let wrong = policy.decide_approved(subject, "echo.reset", &admin, &claims("agent"));
+    assert!(matches!(wrong, Decision::RequireApproval(_)), "{wrong:?}");
+    let denied = policy.decide_approved(subject, "hero_proc.kill", &READ, &claims("ops"));
+    assert!(matches!(denied, Decision::Deny(_)), "{denied:?}");
 }

@@ -8,11 +8,13 @@ use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::command::Command;
 use crate::error::ExecError;
+use crate::error::render::jsonrpc_error;
 use crate::intent::{Caller, Surface};
 use crate::jsonrpc::{self, Incoming, Invalid, Request};
 use crate::{AppState, OPENRPC_JSON};
@@ -29,22 +31,38 @@ async fn openrpc_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENRPC_JSON).into_response()
 }
 
-async fn handle(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = caller.map(|Extension(c)| c);
     let incoming = match jsonrpc::parse_body(&body, state.config.max_batch) {
         Ok(incoming) => incoming,
         // Unparsable bodies and invalid batches are still JSON-RPC answers: HTTP 200.
-        Err(error) => return error_response(&error, StatusCode::OK),
+        Err(error) => return jsonrpc_error(&error, &Value::Null, StatusCode::OK),
+    };
+    let idempotency_key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(error) => return jsonrpc_error(&error, &jsonrpc::request_id(&body), StatusCode::OK),
     };
     match incoming {
-        Incoming::Single(item) => match answer(&state, caller.as_ref(), item).await {
+        Incoming::Single(item) => match answer(&state, caller.as_ref(), item, idempotency_key).await {
             Some(reply) => json_response(StatusCode::OK, reply.get().to_owned()),
             None => StatusCode::NO_CONTENT.into_response(),
         },
+        // A key names one call: which one of a batch would it be?
+        Incoming::Batch(_) if idempotency_key.is_some() => {
+            let error =
+                ExecError::InvalidRequest("Idempotency-Key is refused on a batch: send the calls one by one".into());
+            jsonrpc_error(&error, &Value::Null, StatusCode::OK)
+        }
         Incoming::Batch(items) => {
-            let replies =
-                futures::future::join_all(items.into_iter().map(|item| answer(&state, caller.as_ref(), item))).await;
-            let replies: Vec<Box<RawValue>> = replies.into_iter().flatten().collect();
+            let replies = items
+                .into_iter()
+                .map(|item| answer(&state, caller.as_ref(), item, None));
+            let replies: Vec<Box<RawValue>> = futures::future::join_all(replies).await.into_iter().flatten().collect();
             if replies.is_empty() {
                 return StatusCode::NO_CONTENT.into_response();
             }
@@ -53,22 +71,35 @@ async fn handle(State(state): State<AppState>, caller: Option<Extension<Caller>>
     }
 }
 
-/// Runs one request; `None` for a notification (it still runs).
-async fn answer(state: &AppState, caller: Option<&Caller>, item: Result<Request, Invalid>) -> Option<Box<RawValue>> {
+/// The `Idempotency-Key` header, if any.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ExecError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) => Ok(Some(key.to_owned())),
+        Err(_) => Err(ExecError::InvalidRequest("Idempotency-Key is not visible ASCII".into())),
+    }
+}
+
+/// Parses one request into a command and applies it; `None` for a notification (it still runs).
+async fn answer(
+    state: &AppState,
+    caller: Option<&Caller>,
+    item: Result<Request, Invalid>,
+    idempotency_key: Option<String>,
+) -> Option<Box<RawValue>> {
     let request = match item {
         Ok(request) => request,
         Err(invalid) => return Some(jsonrpc::failure(&invalid.id, &invalid.error(), None)),
     };
-    let outcome = match caller {
-        Some(caller) => {
-            state
-                .dispatcher
-                .call(caller, Surface::Openrpc, &request.method, request.params)
-                .await
-        }
+    let command = Command::parse(&request.method, request.params).and_then(|c| c.with_idempotency_key(idempotency_key));
+    let outcome = match (command, caller) {
+        (Err(error), _) => Err(error.into()),
+        (Ok(command), Some(caller)) => command.apply(&state.dispatcher, caller, Surface::Openrpc).await,
         // The identity layer only lets requests without a caller through for rpc.discover.
-        None if request.method == "rpc.discover" => crate::methods::discover(),
-        None => Err(ExecError::Unauthenticated("this method needs an identity".into()).into()),
+        (Ok(Command::Discover), None) => crate::command::discover(),
+        (Ok(_), None) => Err(ExecError::Unauthenticated("this method needs an identity".into()).into()),
     };
     let id = request.id?;
     Some(match outcome {
@@ -78,11 +109,6 @@ async fn answer(state: &AppState, caller: Option<&Caller>, item: Result<Request,
             jsonrpc::failure(&id, &failure.error, failure.run_id.as_deref())
         }
     })
-}
-
-/// A whole-body JSON-RPC error (id null) with the given HTTP status.
-pub fn error_response(error: &ExecError, status: StatusCode) -> Response {
-    json_response(status, jsonrpc::failure(&Value::Null, error, None).get().to_owned())
 }
 
 fn json_response(status: StatusCode, body: String) -> Response {

@@ -17,9 +17,8 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::SERVICE_NAME;
-use crate::intent::is_service_name;
 use crate::upstream::Upstream;
+use crate::upstream::socket::{FileId, OwnSockets, is_target_name};
 pub use spec::{Capability, HeroIntent, ServiceSpec};
 
 /// A consistent view of the catalog at one moment.
@@ -62,6 +61,8 @@ pub struct RefreshReport {
 pub struct Catalog {
     upstream: Upstream,
     socket_dir: PathBuf,
+    /// The executor's own sockets, never discovered as a target.
+    own: Arc<OwnSockets>,
     discover_timeout: Duration,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serializes refreshes so two never race to publish.
@@ -71,10 +72,11 @@ pub struct Catalog {
 
 impl Catalog {
     /// An empty catalog over `socket_dir`; call [`Catalog::refresh`] to fill it.
-    pub fn new(upstream: Upstream, socket_dir: PathBuf, discover_timeout: Duration) -> Self {
+    pub fn new(upstream: Upstream, socket_dir: PathBuf, discover_timeout: Duration, own: OwnSockets) -> Self {
         Self {
             upstream,
             socket_dir,
+            own: Arc::new(own),
             discover_timeout,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -172,19 +174,39 @@ impl Catalog {
         report
     }
 
-    /// Names of subdirectories that hold an `rpc.sock`, except our own.
+    /// Names of subdirectories that hold a socket that may be called as a target
+    /// ([`OwnSockets::target`]). Two names for one socket are both refused: neither can be
+    /// told from the other, and a guard written for one must not be dodged through the other.
     async fn scan_socket_dir(&self) -> Vec<String> {
-        let dir = self.socket_dir.clone();
+        let (dir, own) = (self.socket_dir.clone(), self.own.clone());
         let scan = move || -> Vec<String> {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 return Vec::new();
             };
-            let mut names: Vec<String> = entries
+            let mut found: BTreeMap<String, FileId> = BTreeMap::new();
+            for name in entries
                 .filter_map(Result::ok)
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| is_target_name(name) && dir.join(name).join("rpc.sock").exists())
-                .collect();
-            names.sort();
+            {
+                match own.target(&dir, &name) {
+                    Ok((_, id)) => {
+                        found.insert(name, id);
+                    }
+                    Err(why) if is_target_name(&name) && dir.join(&name).join("rpc.sock").exists() => {
+                        tracing::warn!(service = %name, %why, "not a target");
+                    }
+                    Err(_) => {}
+                }
+            }
+            let mut names = Vec::new();
+            for (name, id) in &found {
+                match found.iter().find(|(other, other_id)| *other != name && *other_id == id) {
+                    Some((other, _)) => {
+                        tracing::warn!(service = %name, %other, "two names for one socket: neither is a target")
+                    }
+                    None => names.push(name.clone()),
+                }
+            }
             names
         };
         tokio::task::spawn_blocking(scan).await.unwrap_or_default()
@@ -211,11 +233,6 @@ impl Catalog {
         }
         Ok(Arc::new(parsed))
     }
-}
-
-/// A directory name that can be a target: a valid service name that is not ours.
-fn is_target_name(name: &str) -> bool {
-    is_service_name(name) && name != SERVICE_NAME
 }
 
 fn lookup_in(snapshot: &Snapshot, service: &str, method: &str) -> Lookup {

@@ -262,6 +262,11 @@ fn parse_method(service: &str, method: &Value, components: Option<&Value>) -> Re
     if name.starts_with("rpc.") {
         return Err(format!("{name}: rpc.* methods are protocol methods, not capabilities"));
     }
+    // Names are bounded and printable: a name that reads as another must not become one.
+    crate::access::check_name(&format!("{service}.{name}")).map_err(|why| {
+        let shown: String = name.chars().take(64).collect();
+        format!("method {shown:?} skipped: {why}")
+    })?;
     let text = |key: &str| method.get(key).and_then(Value::as_str).map(str::to_owned);
     let params: Vec<Value> = method
         .get("params")

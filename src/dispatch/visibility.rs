@@ -58,7 +58,7 @@ impl VisibilityCache {
         let subject = super::subject(caller);
         let names = snapshot
             .capabilities()
-            .filter(|c| policy.decide(subject, &c.name, &c.intent).verdict != Verdict::Deny)
+            .filter(|c| policy.explain(subject, &c.name, &c.intent).verdict != Verdict::Deny)
             .map(|c| c.name.clone())
             .collect();
         let visible = Arc::new(Visible { names });

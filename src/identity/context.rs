@@ -8,13 +8,12 @@ use axum::response::Response;
 use http::HeaderMap;
 use tower_http::request_id::RequestId;
 
-use crate::adapters::reject;
 use crate::dispatch::valid_traceparent;
 use crate::error::ExecError;
+use crate::error::render::reject;
 use crate::intent::{Caller, Claims, Principal};
 
-/// The claim that lets a principal act on behalf of a user (`X-Hero-User`).
-pub const IMPERSONATE_CLAIM: &str = "executor.impersonate";
+use crate::access::IMPERSONATE_CLAIM;
 
 /// Builds the [`Caller`] for requests that carry a principal.
 pub async fn hero_context(mut request: Request, next: Next) -> Response {
@@ -32,7 +31,7 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Err(error) => reject(request.uri().path(), error),
+        Err(error) => reject(&request, error),
     }
 }
 

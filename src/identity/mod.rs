@@ -24,9 +24,9 @@ use http::HeaderValue;
 use tower::{Layer, Service};
 
 use crate::AppState;
-use crate::adapters::reject;
 use crate::config::UnsignedLocal;
 use crate::error::ExecError;
+use crate::error::render::reject;
 use crate::intent::Principal;
 use crate::limits::BufferedBody;
 
@@ -98,7 +98,7 @@ where
     fn call(&mut self, mut request: Request) -> Self::Future {
         // Verification is synchronous (keys are in memory): decide before taking the inner service.
         if let Err(error) = authenticate(&self.state, &mut request) {
-            let mut response = reject(request.uri().path(), error);
+            let mut response = reject(&request, error);
             if response.status() == http::StatusCode::UNAUTHORIZED {
                 response
                     .headers_mut()

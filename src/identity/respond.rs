@@ -162,7 +162,7 @@ pub async fn sign_response(State(state): State<AppState>, request: Request, next
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         tracing::error!("could not read a response body to sign it");
-        return crate::adapters::reject(
+        return crate::error::render::reject_path(
             uri.path(),
             crate::error::ExecError::Internal("unreadable response body".into()),
         );

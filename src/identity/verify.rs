@@ -97,11 +97,11 @@ impl Verifier {
             let keyids: Vec<&str> = signatures.iter().filter_map(|s| s.keyid.as_deref()).collect();
             return Err(match keyids.is_empty() {
                 true => unauth("the signature has no keyid parameter"),
-                false => ExecError::NotEnrolled(format!("keyid {} is not enrolled", keyids.join(", "))),
+                false => ExecError::UnknownKey(format!("keyid {} is not enrolled", keyids.join(", "))),
             });
         };
         if key.revoked_at.is_some() {
-            return Err(ExecError::NotEnrolled(format!("key {} was revoked", key.keyid)));
+            return Err(ExecError::UnknownKey(format!("key {} was revoked", key.keyid)));
         }
         if let Some(alg) = &s.alg
             && alg != "ed25519"

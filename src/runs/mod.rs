@@ -1,12 +1,17 @@
 //! Runs (DESIGN section 8): every intent on every surface becomes a Run, denied ones too.
 //!
 //! [`Run`] is the record; [`store::RunStore`] keeps it in SQLite, written by one thread
-//! with group commit, read off the async threads.
+//! with group commit (`writer`), read off the async threads (`row` maps the columns).
 
+mod row;
 pub mod store;
+mod writer;
 
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::intent::Surface;
+use crate::policy::Verdict;
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -70,9 +75,11 @@ pub struct Run {
     /// UUIDv7: sorts by creation time.
     pub id: String,
     pub parent_id: Option<String>,
+    /// For a retry under an idempotency key: the run whose outcome it was answered with.
+    pub replay_of: Option<String>,
     /// The capability, `<service>.<method>`.
     pub name: String,
-    pub surface: String,
+    pub surface: Surface,
     /// The signer (first of `chain`).
     pub principal: String,
     /// `[signer, user]`.
@@ -88,8 +95,8 @@ pub struct Run {
     pub input: Option<String>,
     pub input_truncated: bool,
     pub idempotency_key: Option<String>,
-    /// `allow`, `require_approval` or `deny`.
-    pub decision: String,
+    /// What policy decided when the call came in.
+    pub decision: Verdict,
     /// The policy rule that decided, and why.
     pub rule: Option<String>,
     /// Claims that may approve (`require_approval` only).
@@ -104,6 +111,8 @@ pub struct Run {
     /// Who approved or rejected.
     pub approver: Option<String>,
     pub decision_note: Option<String>,
+    /// Who cancelled the run, when it was cancelled.
+    pub cancelled_by: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
     pub started_at: Option<i64>,

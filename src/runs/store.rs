@@ -1,19 +1,18 @@
-//! The run store: SQLite (WAL, bundled). One writer thread owns a connection and commits
-//! whatever has queued up in one transaction (group commit); every write is acknowledged
-//! after its commit, so an answer is never sent before its run is on disk. A second thread
-//! checkpoints the WAL into the database file, so the writer does not stop for the bulk of
-//! a checkpoint's copying and fsyncs (see `checkpoint_loop`). Reads use the shared
+//! The run store: SQLite (WAL, bundled). Writes go to the writer thread (`writer`: group
+//! commit, and a checkpoint thread beside it); every write is acknowledged after its
+//! commit, so an answer is never sent before its run is on disk. Reads use the shared
 //! connection on blocking threads. Status changes are broadcast for `runs.wait`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
+use super::row::{COLUMNS, from_row, uuid_v7_floor};
+use super::writer::{Job, Op, WalState, checkpoint_loop, writer_loop};
 use super::{Run, RunStatus, now_ms};
 use crate::db::{Db, DbError};
 use crate::error::ExecError;
@@ -35,6 +34,7 @@ pub struct Changes {
     pub error: Option<Value>,
     pub approver: Option<String>,
     pub decision_note: Option<String>,
+    pub cancelled_by: Option<String>,
 }
 
 /// Filters of `runs.list`. Results are newest first.
@@ -48,59 +48,18 @@ pub struct ListFilter {
     pub limit: usize,
     /// The last id of the previous page.
     pub cursor: Option<String>,
+    /// Only runs this viewer may see: its own, and those waiting for an approval it may give.
+    pub seen_by: Option<Viewer>,
+    /// Only runs waiting for an approval this viewer may give, not its own.
+    pub inbox: Option<Viewer>,
 }
 
-enum Op {
-    Insert(Box<Run>),
-    Transition {
-        id: String,
-        from: Vec<RunStatus>,
-        to: RunStatus,
-        changes: Box<Changes>,
-    },
-    ExpireDue {
-        now: i64,
-    },
-    Prune {
-        before: i64,
-        status: Option<RunStatus>,
-    },
-}
-
-/// What one write did: rows changed, and the status changes to broadcast.
-#[derive(Default)]
-struct Applied {
-    rows: usize,
-    events: Vec<RunEvent>,
-}
-
-struct Job {
-    op: Op,
-    done: oneshot::Sender<Result<usize, String>>,
-}
-
-/// Most writes committed in one transaction.
-const MAX_BATCH: usize = 512;
-
-/// How long a loaded writer waits for more writes to share a commit.
-const LINGER: Duration = Duration::from_micros(100);
-
-/// A commit of at least this many writes means load: the next one lingers.
-const LINGER_AFTER: usize = 4;
-
-/// How often the checkpoint thread looks for new commits to copy into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-
-/// A WAL of at least this many frames (4 KiB pages) is restarted from its beginning.
-const RESTART_FRAMES: i64 = 1000;
-
-/// What the writer and the checkpoint thread share.
-#[derive(Default)]
-struct WalState {
-    /// Commits so far.
-    commits: AtomicU64,
-    /// The checkpoint thread asks the writer to finish a checkpoint so the WAL restarts.
-    restart: AtomicBool,
+/// Who lists runs, as the visibility rules of `crate::access` see it.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub principal: String,
+    /// Claims that may approve (`None`: any, full trust).
+    pub approver_claims: Option<Vec<String>>,
 }
 
 /// The run store.
@@ -222,17 +181,23 @@ impl RunStore {
             .map_err(internal)
     }
 
-    /// The run a principal started with an idempotency key, if any.
-    pub async fn by_idempotency_key(&self, principal: &str, key: &str) -> Result<Option<Run>, ExecError> {
-        let (principal, key) = (principal.to_owned(), key.to_owned());
+    /// The first run of `capability` that a principal, on behalf of `user`, started with an
+    /// idempotency key (not a replay of it), if any. Keys are scoped by all four.
+    pub async fn by_idempotency_key(
+        &self,
+        principal: &str,
+        user: Option<&str>,
+        capability: &str,
+        key: &str,
+    ) -> Result<Option<Run>, ExecError> {
+        let scope = [principal, user.unwrap_or_default(), capability, key].map(str::to_owned);
         self.reader
             .call(move |conn| {
-                conn.query_row(
-                    &format!("SELECT {COLUMNS} FROM runs WHERE principal = ?1 AND idempotency_key = ?2"),
-                    [principal, key],
-                    from_row,
-                )
-                .optional()
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM runs WHERE principal = ?1 AND COALESCE(on_behalf_of, '') = ?2
+                     AND name = ?3 AND idempotency_key = ?4 AND replay_of IS NULL"
+                );
+                conn.query_row(&sql, scope, from_row).optional()
             })
             .await
             .map_err(internal)
@@ -265,6 +230,18 @@ impl RunStore {
                 }
                 if let Some(cursor) = filter.cursor {
                     add("id <", cursor.into());
+                }
+                if let Some(viewer) = &filter.seen_by {
+                    args.push(viewer.principal.clone().into());
+                    let own = format!("principal = ?{}", args.len());
+                    let waiting = waiting_for(&viewer.approver_claims, &mut args);
+                    sql.push_str(&format!(" AND ({own} OR {waiting})"));
+                }
+                if let Some(viewer) = &filter.inbox {
+                    args.push(viewer.principal.clone().into());
+                    let others = format!("principal != ?{}", args.len());
+                    let waiting = waiting_for(&viewer.approver_claims, &mut args);
+                    sql.push_str(&format!(" AND {others} AND {waiting}"));
                 }
                 sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
                 let mut stmt = conn.prepare_cached(&sql)?;
@@ -315,281 +292,40 @@ impl RunStore {
     }
 }
 
-/// Copies committed WAL frames into the database file whenever there were new commits.
-///
-/// PASSIVE: it never blocks the writer (nor readers). But the writer keeps appending while
-/// it copies, so under steady load it never copies *everything*, and SQLite only restarts
-/// the WAL from its beginning after a complete checkpoint (measured: the WAL grew by 50
-/// MB/s). So once the WAL is [`RESTART_FRAMES`] long, it asks the writer to checkpoint
-/// between two commits: by then only the frames of the last few milliseconds are left to
-/// copy, and the writer's next transaction restarts the WAL. Ends when the writer has ended.
-fn checkpoint_loop(conn: &Connection, wal: &Arc<WalState>) {
-    let mut seen = 0;
-    // The writer thread holds the other reference while it runs.
-    while Arc::strong_count(wal) > 1 {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        let now = wal.commits.load(Ordering::Relaxed);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        match checkpoint(conn) {
-            Ok(frames) if frames >= RESTART_FRAMES => wal.restart.store(true, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retried later"),
-        }
+/// SQL for "waiting for an approval one of these claims may give" (`None`: any claim),
+/// with the claims appended to `args`.
+fn waiting_for(claims: &Option<Vec<String>>, args: &mut Vec<rusqlite::types::Value>) -> String {
+    let Some(claims) = claims else {
+        return "status = 'awaiting_approval'".to_owned();
+    };
+    let mut marks = Vec::new();
+    for claim in claims {
+        args.push(claim.clone().into());
+        marks.push(format!("?{}", args.len()));
     }
-    let _ = checkpoint(conn);
-}
-
-/// A PASSIVE checkpoint; returns how many frames the WAL holds.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1))
-}
-
-fn writer_loop(
-    conn: &mut Connection,
-    rx: mpsc::Receiver<Job>,
-    events: broadcast::Sender<RunEvent>,
-    wal: &Arc<WalState>,
-) {
-    let mut last = 0;
-    while let Ok(first) = rx.recv() {
-        // Whatever queued up meanwhile shares the commit. Under load (the last commit
-        // carried several writes) the writer also waits a little for more: a commit costs
-        // about the same for one write as for ten (the same few pages are written to the
-        // WAL), and that wait is shorter than a commit. A lone caller never waits.
-        let mut batch = vec![first];
-        if last >= LINGER_AFTER {
-            std::thread::sleep(LINGER);
+    format!(
+        "(status = 'awaiting_approval' AND EXISTS (SELECT 1 FROM json_each(runs.approvers) WHERE value IN ({})))",
+        if marks.is_empty() {
+            "NULL".to_owned()
+        } else {
+            marks.join(",")
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        last = batch.len();
-        let outcome = (|| {
-            let tx = conn.transaction()?;
-            let results: Vec<Result<Applied, String>> = batch
-                .iter()
-                .map(|job| apply(&tx, &job.op).map_err(|e| e.to_string()))
-                .collect();
-            tx.commit()?;
-            wal.commits.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, rusqlite::Error>(results)
-        })();
-        match outcome {
-            Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
-                    let result = result.map(|applied| {
-                        for event in applied.events {
-                            let _ = events.send(event);
-                        }
-                        applied.rows
-                    });
-                    let _ = job.done.send(result);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "run store commit failed");
-                for job in batch {
-                    let _ = job.done.send(Err(e.to_string()));
-                }
-            }
-        }
-        // Between commits, after the answers went out (checkpoint_loop says why).
-        if wal.restart.swap(false, Ordering::Relaxed)
-            && let Err(e) = checkpoint(conn)
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
-        }
-    }
-}
-
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
-    match op {
-        Op::Insert(run) => {
-            tx.prepare_cached(
-                "INSERT INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
-                 input_sha256, input, input_truncated, idempotency_key, decision, rule, approvers, status, result,
-                 result_truncated, error, approver, decision_note, created_at, started_at, finished_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-                 ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
-            )?
-            .execute(params![
-                run.id,
-                run.parent_id,
-                run.name,
-                run.surface,
-                run.principal,
-                serde_json::to_string(&run.chain).unwrap_or_default(),
-                run.context as i64,
-                run.claims.join(","),
-                run.service,
-                run.method,
-                run.input_sha256,
-                run.input,
-                run.input_truncated,
-                run.idempotency_key,
-                run.decision,
-                run.rule,
-                serde_json::to_string(&run.approvers).unwrap_or_default(),
-                run.status.as_str(),
-                run.result,
-                run.result_truncated,
-                run.error.as_ref().map(Value::to_string),
-                run.approver,
-                run.decision_note,
-                run.created_at,
-                run.started_at,
-                run.finished_at,
-                run.expires_at,
-            ])?;
-            Ok(Applied {
-                rows: 1,
-                events: vec![RunEvent {
-                    id: run.id.clone(),
-                    status: run.status,
-                }],
-            })
-        }
-        Op::Transition { id, from, to, changes } => {
-            let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
-            let changed = tx
-                .prepare_cached(&format!(
-                    "UPDATE runs SET status = ?2,
-                       started_at = COALESCE(?3, started_at), finished_at = COALESCE(?4, finished_at),
-                       result = COALESCE(?5, result), result_truncated = (result_truncated OR ?6),
-                       error = COALESCE(?7, error), approver = COALESCE(?8, approver),
-                       decision_note = COALESCE(?9, decision_note)
-                     WHERE id = ?1 AND status IN ({})",
-                    from.join(",")
-                ))?
-                .execute(params![
-                    id,
-                    to.as_str(),
-                    changes.started_at,
-                    changes.finished_at,
-                    changes.result,
-                    changes.result_truncated,
-                    changes.error.as_ref().map(Value::to_string),
-                    changes.approver,
-                    changes.decision_note,
-                ])?;
-            Ok(Applied {
-                rows: changed,
-                events: match changed {
-                    0 => Vec::new(),
-                    _ => vec![RunEvent {
-                        id: id.clone(),
-                        status: *to,
-                    }],
-                },
-            })
-        }
-        Op::ExpireDue { now } => {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE runs SET status = 'expired', finished_at = ?1
-                 WHERE status = 'awaiting_approval' AND expires_at <= ?1 RETURNING id",
-            )?;
-            let events: Vec<RunEvent> = stmt
-                .query_map([now], |r| r.get::<_, String>(0))?
-                .map(|id| {
-                    id.map(|id| RunEvent {
-                        id,
-                        status: RunStatus::Expired,
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(Applied {
-                rows: events.len(),
-                events,
-            })
-        }
-        Op::Prune { before, status } => {
-            let finals: Vec<String> = RunStatus::ALL
-                .iter()
-                .filter(|s| s.is_final() && status.is_none_or(|wanted| wanted == **s))
-                .map(|s| format!("'{}'", s.as_str()))
-                .collect();
-            let deleted = tx.execute(
-                &format!(
-                    "DELETE FROM runs WHERE created_at < ?1 AND status IN ({})",
-                    finals.join(",")
-                ),
-                [before],
-            )?;
-            Ok(Applied {
-                rows: deleted,
-                events: Vec::new(),
-            })
-        }
-    }
-}
-
-/// The smallest UUIDv7 (as text) created at or after `ms` (Unix milliseconds).
-fn uuid_v7_floor(ms: i64) -> String {
-    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
-    format!("{:08x}-{:04x}-7000-8000-000000000000", ms >> 16, ms & 0xffff)
-}
-
-const COLUMNS: &str = "id, parent_id, name, surface, principal, chain, context, claims, service, method, input_sha256,
-    input, input_truncated, idempotency_key, decision, rule, approvers, status, result, result_truncated, error,
-    approver, decision_note, created_at, started_at, finished_at, expires_at";
-
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
-    let json_list = |text: String| serde_json::from_str::<Vec<String>>(&text).unwrap_or_default();
-    let status: String = row.get(17)?;
-    Ok(Run {
-        id: row.get(0)?,
-        parent_id: row.get(1)?,
-        name: row.get(2)?,
-        surface: row.get(3)?,
-        principal: row.get(4)?,
-        chain: json_list(row.get(5)?),
-        context: row.get::<_, i64>(6)? as u64,
-        claims: row
-            .get::<_, String>(7)?
-            .split(',')
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        service: row.get(8)?,
-        method: row.get(9)?,
-        input_sha256: row.get(10)?,
-        input: row.get(11)?,
-        input_truncated: row.get(12)?,
-        idempotency_key: row.get(13)?,
-        decision: row.get(14)?,
-        rule: row.get(15)?,
-        approvers: json_list(row.get(16)?),
-        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
-        result: row.get(18)?,
-        result_truncated: row.get(19)?,
-        error: row
-            .get::<_, Option<String>>(20)?
-            .and_then(|e| serde_json::from_str(&e).ok()),
-        approver: row.get(21)?,
-        decision_note: row.get(22)?,
-        created_at: row.get(23)?,
-        started_at: row.get(24)?,
-        finished_at: row.get(25)?,
-        expires_at: row.get(26)?,
-    })
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn run(i: usize) -> Run {
         Run {
             id: uuid::Uuid::now_v7().to_string(),
             parent_id: None,
+            replay_of: None,
+            cancelled_by: None,
             name: format!("svc{}.m", i % 20),
-            surface: "openrpc".into(),
+            surface: crate::intent::Surface::Openrpc,
             principal: format!("agent{}", i % 50),
             chain: vec![format!("agent{}", i % 50)],
             context: 0,
@@ -600,7 +336,7 @@ mod tests {
             input: Some("x".repeat(500)),
             input_truncated: false,
             idempotency_key: None,
-            decision: "allow".into(),
+            decision: crate::policy::Verdict::Allow,
             rule: None,
             approvers: vec![],
             status: RunStatus::Running,

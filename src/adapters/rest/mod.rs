@@ -1,6 +1,6 @@
 //! REST surface on rest.sock (DESIGN section 4). Every handler turns the HTTP request
-//! into the same method call the OpenRPC surface makes, so both share one path through
-//! the dispatcher. Errors are `application/problem+json` (RFC 9457).
+//! into the same [`Command`] the OpenRPC surface would parse, so both share one path
+//! through the dispatcher. Errors are `application/problem+json` (RFC 9457).
 
 mod runs;
 
@@ -13,11 +13,14 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::{HeaderMap, header};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use super::openrpc::idempotency_key;
 use crate::AppState;
+use crate::command::{CatalogList, CatalogSearch, Command, Describe, Execute, KeyRef, NewKey};
+use crate::error::render::{Problem, problem, problem_for_run};
 use crate::error::{ExecError, Failure, ParamError};
 use crate::intent::{Caller, Outcome, Surface};
 
@@ -38,58 +41,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/policy", get(runs::policy))
         .route("/api/v1/policy/explain", post(runs::explain))
         .route("/openapi.json", get(openapi_document))
-}
-
-/// An RFC 9457 problem document.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// A URI naming the kind of problem.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Short summary of the kind of problem.
-    pub title: String,
-    /// HTTP status code.
-    pub status: u16,
-    /// What went wrong with this request.
-    pub detail: String,
-    /// The JSON-RPC error code for the same error (DESIGN section 3).
-    pub code: i64,
-    /// Schema violations, for invalid params.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<ParamError>>,
-    /// The target's own error data, when a target failed the call.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
-    /// The run this request was recorded as, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<String>,
-}
-
-/// Renders an error as `application/problem+json`.
-pub fn problem(error: &ExecError) -> Response {
-    problem_for_run(error, None)
-}
-
-/// Renders an error of a run as `application/problem+json`, with its `run_id`.
-pub fn problem_for_run(error: &ExecError, run_id: Option<&str>) -> Response {
-    let status = error.http_status();
-    let (errors, data) = match error {
-        ExecError::InvalidParams { details, .. } => (Some(details.clone()), None),
-        ExecError::Target { data, .. } => (None, data.as_deref().cloned()),
-        _ => (None, None),
-    };
-    let body = Problem {
-        kind: format!("urn:hero-executor:error:{}", error.slug()),
-        title: status.canonical_reason().unwrap_or("Error").to_owned(),
-        status: status.as_u16(),
-        detail: error.public_message(),
-        code: error.code(),
-        errors,
-        data,
-        run_id: run_id.map(str::to_owned),
-    };
-    let body = serde_json::to_vec(&body).unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response()
 }
 
 /// Turns a core outcome into a response: the result as the body, or a problem.
@@ -120,17 +71,12 @@ fn respond(outcome: Outcome) -> Response {
     }
 }
 
-/// Runs `method` with `params` through the dispatcher, as the OpenRPC surface would.
-async fn call(state: &AppState, caller: Option<Extension<Caller>>, method: &str, params: Value) -> Response {
+/// Applies `command` as the caller, as the OpenRPC surface would.
+async fn call(state: &AppState, caller: Option<Extension<Caller>>, command: Command) -> Response {
     let Some(Extension(caller)) = caller else {
         return problem(&ExecError::Unauthenticated("this endpoint needs an identity".into()));
     };
-    respond(
-        state
-            .dispatcher
-            .call(&caller, Surface::Rest, method, Some(params))
-            .await,
-    )
+    respond(command.apply(&state.dispatcher, &caller, Surface::Rest).await)
 }
 
 /// Run a capability on its target service.
@@ -180,20 +126,15 @@ async fn execute(
             Err(e) => return problem(&ExecError::Parse(e.to_string())),
         }
     };
-    let mut call_params = Map::new();
-    call_params.insert("capability".into(), capability.into());
-    if let Some(params) = params {
-        call_params.insert("params".into(), params);
-    }
-    if let Some(key) = headers.get("idempotency-key") {
-        let Ok(key) = key.to_str() else {
-            return problem(&ExecError::InvalidRequest(
-                "Idempotency-Key is not visible ASCII".into(),
-            ));
-        };
-        call_params.insert("idempotency_key".into(), key.into());
-    }
-    call(&state, caller, "execute", Value::Object(call_params)).await
+    let idempotency_key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(error) => return problem(&error),
+    };
+    let execute = Execute {
+        idempotency_key,
+        ..Execute::new(capability, params)
+    };
+    call(&state, caller, Command::Execute(execute)).await
 }
 
 /// Query of `GET /api/v1/catalog`.
@@ -228,19 +169,15 @@ async fn catalog(
         Ok(q) => q,
         Err(e) => return problem(&ExecError::InvalidRequest(e.body_text())),
     };
-    match query.q {
-        Some(q) => {
-            let mut params = json!({ "query": q });
-            if let Some(limit) = query.limit {
-                params["limit"] = limit.into();
-            }
-            if let Some(service) = query.service {
-                params["service"] = service.into();
-            }
-            call(&state, caller, "catalog.search", params).await
-        }
-        None => call(&state, caller, "catalog.list", json!({ "service": query.service })).await,
-    }
+    let command = match query.q {
+        Some(query_text) => Command::CatalogSearch(CatalogSearch {
+            query: query_text,
+            service: query.service,
+            limit: query.limit,
+        }),
+        None => Command::CatalogList(CatalogList { service: query.service }),
+    };
+    call(&state, caller, command).await
 }
 
 /// Describe one capability: params, schemas, result and `x-hero-intent`.
@@ -259,7 +196,7 @@ async fn describe(
     caller: Option<Extension<Caller>>,
     Path(capability): Path<String>,
 ) -> Response {
-    call(&state, caller, "catalog.describe", json!({ "capability": capability })).await
+    call(&state, caller, Command::CatalogDescribe(Describe { capability })).await
 }
 
 /// A key to enrol (`keys.add`).
@@ -288,7 +225,7 @@ struct NewKeyBody {
     )
 )]
 async fn keys_list(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
-    call(&state, caller, "keys.list", json!({})).await
+    call(&state, caller, Command::KeysList).await
 }
 
 /// Enrol a key (needs `executor.admin`).
@@ -305,8 +242,8 @@ async fn keys_list(State(state): State<AppState>, caller: Option<Extension<Calle
     )
 )]
 async fn keys_add(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
-    match object_body(&body) {
-        Ok(params) => call(&state, caller, "keys.add", Value::Object(params)).await,
+    match typed_body::<NewKey>(&body, "keys.add") {
+        Ok(new) => call(&state, caller, Command::KeysAdd(new)).await,
         Err(error) => problem(&error),
     }
 }
@@ -321,6 +258,12 @@ fn object_body(body: &[u8]) -> Result<Map<String, Value>, ExecError> {
         Ok(_) => Err(ExecError::InvalidRequest("the body must be a JSON object".into())),
         Err(e) => Err(ExecError::Parse(e.to_string())),
     }
+}
+
+/// An optional JSON object body read as the params of `method`.
+fn typed_body<T: serde::de::DeserializeOwned>(body: &[u8], method: &str) -> Result<T, ExecError> {
+    let object = object_body(body)?;
+    serde_json::from_value(Value::Object(object)).map_err(|e| ExecError::invalid_params(format!("{method}: {e}")))
 }
 
 /// Revoke a key (needs `executor.admin`); its signatures are refused from then on.
@@ -340,7 +283,7 @@ async fn keys_revoke(
     caller: Option<Extension<Caller>>,
     Path(keyid): Path<String>,
 ) -> Response {
-    call(&state, caller, "keys.revoke", json!({ "keyid": keyid })).await
+    call(&state, caller, Command::KeysRevoke(KeyRef { keyid })).await
 }
 
 /// The generated OpenAPI 3.1 document of this surface.
@@ -378,17 +321,4 @@ async fn openapi_document() -> Response {
         doc.to_pretty_json().unwrap_or_default()
     });
     ([(header::CONTENT_TYPE, "application/json")], doc.as_str()).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::StatusCode;
-
-    #[test]
-    fn problems_carry_the_jsonrpc_code() {
-        let response = problem(&ExecError::TargetTimeout("x".into()));
-        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
-    }
 }

@@ -1,16 +1,18 @@
-//! REST for runs and policy: the same `runs.*` / `policy.*` methods as OpenRPC.
+//! REST for runs and policy: the same `runs.*` / `policy.*` commands as OpenRPC.
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::IntoParams;
 
-use super::{Problem, call, object_body, problem};
+use super::{call, object_body, typed_body};
 use crate::AppState;
+use crate::command::{Approve, Command, Explain, Reject, RunRef, RunsList, RunsWait};
 use crate::error::ExecError;
+use crate::error::render::{Problem, problem};
 use crate::intent::Caller;
 
 /// Query of `GET /api/v1/runs`.
@@ -29,6 +31,8 @@ pub(super) struct RunsQuery {
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only the runs waiting for an approval the caller may give.
+    inbox: Option<bool>,
 }
 
 /// Query of `GET /api/v1/runs/{id}/wait`.
@@ -52,9 +56,16 @@ pub(super) async fn list(
         Ok(q) => q,
         Err(e) => return problem(&ExecError::InvalidRequest(e.body_text())),
     };
-    let params = json!({"status": q.status, "capability": q.capability, "principal": q.principal,
-                        "since": q.since, "limit": q.limit, "cursor": q.cursor});
-    call(&state, caller, "runs.list", crate::jsonrpc::without_nulls(params)).await
+    let list = RunsList {
+        status: q.status,
+        capability: q.capability,
+        principal: q.principal,
+        since: q.since,
+        limit: q.limit,
+        cursor: q.cursor,
+        inbox: q.inbox,
+    };
+    call(&state, caller, Command::RunsList(list)).await
 }
 
 /// One run.
@@ -66,7 +77,7 @@ pub(super) async fn get(
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Response {
-    call(&state, caller, "runs.get", json!({ "run_id": id })).await
+    call(&state, caller, Command::RunsGet(RunRef { run_id: id })).await
 }
 
 /// Wait until a run is final (or the timeout passes), then return it.
@@ -84,13 +95,11 @@ pub(super) async fn wait(
         Ok(q) => q,
         Err(e) => return problem(&ExecError::InvalidRequest(e.body_text())),
     };
-    call(
-        &state,
-        caller,
-        "runs.wait",
-        crate::jsonrpc::without_nulls(json!({ "run_id": id, "timeout_ms": q.timeout_ms })),
-    )
-    .await
+    let wait = RunsWait {
+        run_id: id,
+        timeout_ms: q.timeout_ms,
+    };
+    call(&state, caller, Command::RunsWait(wait)).await
 }
 
 /// Approve a held run (body: `{"note": "..."}`, optional).
@@ -105,7 +114,10 @@ pub(super) async fn approve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    decide(&state, caller, "runs.approve", id, &body, "note").await
+    match note(&body, "note") {
+        Ok(note) => call(&state, caller, Command::RunsApprove(Approve { run_id: id, note })).await,
+        Err(error) => problem(&error),
+    }
 }
 
 /// Reject a held run (body: `{"reason": "..."}`, optional).
@@ -120,7 +132,10 @@ pub(super) async fn reject(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    decide(&state, caller, "runs.reject", id, &body, "reason").await
+    match note(&body, "reason") {
+        Ok(reason) => call(&state, caller, Command::RunsReject(Reject { run_id: id, reason })).await,
+        Err(error) => problem(&error),
+    }
 }
 
 /// Cancel a held run, or an approved one still executing.
@@ -132,7 +147,7 @@ pub(super) async fn cancel(
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Response {
-    call(&state, caller, "runs.cancel", json!({ "run_id": id })).await
+    call(&state, caller, Command::RunsCancel(RunRef { run_id: id })).await
 }
 
 /// The policy in force (needs executor.admin).
@@ -140,7 +155,7 @@ pub(super) async fn cancel(
     responses((status = 200, description = "`{source, rules, text}`", body = Object),
               (status = 403, description = "Missing executor.admin", body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn policy(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
-    call(&state, caller, "policy.get", json!({})).await
+    call(&state, caller, Command::PolicyGet).await
 }
 
 /// Explain a decision: `{capability, claims?, context?, keyid?}` (needs executor.admin).
@@ -149,25 +164,17 @@ pub(super) async fn policy(State(state): State<AppState>, caller: Option<Extensi
     responses((status = 200, description = "The decision and every matching rule", body = Object),
               (status = 403, description = "Missing executor.admin", body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn explain(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
-    match object_body(&body) {
-        Ok(params) => call(&state, caller, "policy.explain", Value::Object(params)).await,
+    match typed_body::<Explain>(&body, "policy.explain") {
+        Ok(explain) => call(&state, caller, Command::PolicyExplain(explain)).await,
         Err(error) => problem(&error),
     }
 }
 
-async fn decide(
-    state: &AppState,
-    caller: Option<Extension<Caller>>,
-    method: &str,
-    id: String,
-    body: &[u8],
-    field: &str,
-) -> Response {
-    let mut params = match object_body(body) {
-        Ok(params) => params,
-        Err(error) => return problem(&error),
-    };
-    params.retain(|k, _| k == field);
-    params.insert("run_id".into(), id.into());
-    call(state, caller, method, Value::Object(params)).await
+/// The optional `field` of a decision's body (`{"note": "..."}`); other members are ignored.
+fn note(body: &[u8], field: &str) -> Result<Option<String>, ExecError> {
+    match object_body(body)?.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(ExecError::invalid_params(format!("{field} must be a string"))),
+    }
 }

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cli::{Command, KeysAction, PolicyAction, RunsAction, SigningArgs};
+use super::{Command, KeysAction, PolicyAction, RunsAction, SigningArgs};
 use crate::client::{Client, ClientError, Signer, hero_headers};
 use crate::identity::signature::{private_key_pem, public_key_pem};
 

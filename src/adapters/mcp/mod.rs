@@ -22,15 +22,25 @@ use serde_json::{Map, Value, json};
 use crate::AppState;
 use crate::catalog::Capability;
 use crate::catalog::spec::{Idempotency, SideEffect};
+use crate::command::{Approve, CatalogSearch, Command, Describe, Execute, Reject, RunsWait};
 use crate::error::{ExecError, Failure};
-use crate::intent::{Caller, CapabilityName, Intent, Surface};
+use crate::intent::{Caller, CapabilityName, Surface};
+
+mod sessions;
+
+pub use sessions::Sessions;
 
 /// Tools per `tools/list` page in direct mode.
 const PAGE: usize = 50;
 
 /// `/mcp` (GET, POST, DELETE: Streamable HTTP). `remote` is for the TCP listener.
 pub fn routes(state: &AppState, remote: bool) -> axum::Router<AppState> {
-    axum::Router::new().route_service("/mcp", service(state.clone(), remote))
+    axum::Router::new()
+        .route_service("/mcp", service(state.clone(), remote))
+        .layer(axum::middleware::from_fn_with_state(
+            state.mcp_sessions.clone(),
+            sessions::guard,
+        ))
 }
 
 /// The `/mcp` service: one [`McpServer`] per MCP session.
@@ -134,7 +144,9 @@ impl ServerHandler for McpServer {
     ) -> Result<ListToolsResult, McpError> {
         let (caller, direct) = self.caller(&context)?;
         if !direct {
-            return Ok(ListToolsResult::with_all_items(meta_tools(&self.state, &caller)));
+            let mut tools = meta_tools(&self.state, &caller);
+            tools.extend(status_tools(&self.state, &caller));
+            return Ok(ListToolsResult::with_all_items(tools));
         }
         let snapshot = self.state.dispatcher.catalog().snapshot();
         let may_see = self.state.dispatcher.visible(&caller, &snapshot);
@@ -145,7 +157,11 @@ impl ServerHandler for McpServer {
                 .parse::<usize>()
                 .map_err(|_| McpError::invalid_params("invalid cursor", None))?,
         };
-        let tools = visible.iter().skip(start).take(PAGE).map(|c| direct_tool(c)).collect();
+        let mut tools: Vec<Tool> = visible.iter().skip(start).take(PAGE).map(|c| direct_tool(c)).collect();
+        // Held calls are collected (and decided) with these, in direct mode too.
+        if start == 0 {
+            tools.extend(status_tools(&self.state, &caller));
+        }
         let mut result = ListToolsResult::with_all_items(tools);
         if start + PAGE < visible.len() {
             result.next_cursor = Some((start + PAGE).to_string());
@@ -160,49 +176,13 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let (caller, direct) = self.caller(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
-        let d = &self.state.dispatcher;
-        let method = |name: &'static str, params: Value| d.call(&caller, Surface::Mcp, name, Some(params));
-        let outcome = if direct {
-            let snapshot = d.catalog().snapshot();
-            let Some(capability) = snapshot.capabilities().find(|c| tool_name(&c.name) == request.name) else {
-                return Ok(failure(ExecError::NotFound(format!("no tool {}", request.name)).into()).into());
-            };
-            run(&self.state, &caller, &capability.name, Some(args)).await
-        } else {
-            let arg = |key: &str| args.get(key).cloned().unwrap_or(Value::Null);
-            match request.name.as_ref() {
-                "search" => {
-                    method(
-                        "catalog.search",
-                        json!({"query": arg("query"), "limit": args.get("limit").cloned().unwrap_or(json!(10))}),
-                    )
-                    .await
-                }
-                "describe" => method("catalog.describe", json!({"capability": arg("capability")})).await,
-                "execute" => match arg("capability").as_str() {
-                    Some(name) => run(&self.state, &caller, name, args.get("params").cloned()).await,
-                    None => Err(ExecError::invalid_params("execute needs a capability name").into()),
-                },
-                "run_status" => {
-                    let wait = args.get("wait_ms").and_then(Value::as_u64).unwrap_or(0);
-                    method("runs.wait", json!({"run_id": arg("run_id"), "timeout_ms": wait})).await
-                }
-                "approve" => {
-                    method(
-                        "runs.approve",
-                        crate::jsonrpc::without_nulls(json!({"run_id": arg("run_id"), "note": arg("note")})),
-                    )
-                    .await
-                }
-                "reject" => {
-                    method(
-                        "runs.reject",
-                        crate::jsonrpc::without_nulls(json!({"run_id": arg("run_id"), "reason": arg("reason")})),
-                    )
-                    .await
-                }
-                other => Err(ExecError::NotFound(format!("no tool {other}")).into()),
-            }
+        let command = match direct {
+            true => direct_command(&self.state, &caller, &request.name, args),
+            false => meta_command(&request.name, args),
+        };
+        let outcome = match command {
+            Ok(command) => command.apply(&self.state.dispatcher, &caller, Surface::Mcp).await,
+            Err(error) => Err(error.into()),
         };
         Ok(match outcome {
             Ok(result) => success(serde_json::from_str(result.get()).unwrap_or(Value::Null)),
@@ -212,17 +192,78 @@ impl ServerHandler for McpServer {
     }
 }
 
-/// Runs a capability as an MCP intent.
-async fn run(state: &AppState, caller: &Caller, capability: &str, params: Option<Value>) -> crate::intent::Outcome {
-    let capability = CapabilityName::parse(capability).map_err(ExecError::invalid_params)?;
-    let intent = Intent {
-        caller: caller.clone(),
-        capability,
-        params: params.filter(|p| !p.is_null()),
-        surface: Surface::Mcp,
-        idempotency_key: None,
+/// The command a meta-tool call stands for.
+fn meta_command(tool: &str, args: Value) -> Result<Command, ExecError> {
+    let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_owned);
+    let required =
+        |key: &str| text(key).ok_or_else(|| ExecError::invalid_params(format!("{tool} needs {key} (a string)")));
+    Ok(match tool {
+        "search" => Command::CatalogSearch(CatalogSearch {
+            query: required("query")?,
+            service: None,
+            limit: Some(args.get("limit").and_then(Value::as_u64).unwrap_or(10) as usize),
+        }),
+        "describe" => Command::CatalogDescribe(Describe {
+            capability: required("capability")?,
+        }),
+        "execute" => Command::Execute(Execute {
+            idempotency_key: text("idempotency_key"),
+            ..Execute::new(required("capability")?, args.get("params").cloned())
+        }),
+        other => return status_command(other, &args).unwrap_or_else(|| Err(no_tool(other))),
+    })
+}
+
+/// The tools of both modes: `run_status`, and `approve` / `reject` for approvers.
+fn status_command(tool: &str, args: &Value) -> Option<Result<Command, ExecError>> {
+    if !matches!(tool, "run_status" | "approve" | "reject") {
+        return None;
+    }
+    let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_owned);
+    let Some(run_id) = text("run_id") else {
+        return Some(Err(ExecError::invalid_params(format!(
+            "{tool} needs run_id (a string)"
+        ))));
     };
-    state.dispatcher.execute(intent).await
+    Some(Ok(match tool {
+        "run_status" => Command::RunsWait(RunsWait {
+            run_id,
+            timeout_ms: Some(args.get("wait_ms").and_then(Value::as_u64).unwrap_or(0)),
+        }),
+        "approve" => Command::RunsApprove(Approve {
+            run_id,
+            note: text("note"),
+        }),
+        _ => Command::RunsReject(Reject {
+            run_id,
+            reason: text("reason"),
+        }),
+    }))
+}
+
+/// The command a direct-mode tool call stands for. A tool the caller may see runs its
+/// capability; any other name that is a capability name is executed too, so policy answers
+/// a capability the caller may not see exactly as one that does not exist (denied).
+fn direct_command(state: &AppState, caller: &Caller, tool: &str, args: Value) -> Result<Command, ExecError> {
+    if let Some(command) = status_command(tool, &args) {
+        return command;
+    }
+    let snapshot = state.dispatcher.catalog().snapshot();
+    let visible = state.dispatcher.visible(caller, &snapshot);
+    let capability = snapshot
+        .capabilities()
+        .filter(|c| visible.contains(c))
+        .find(|c| tool_name(&c.name) == tool)
+        .map(|c| c.name.clone());
+    match capability {
+        Some(name) => Ok(Command::Execute(Execute::new(name, Some(args)))),
+        None if CapabilityName::parse(tool).is_ok() => Ok(Command::Execute(Execute::new(tool, Some(args)))),
+        None => Err(no_tool(tool)),
+    }
+}
+
+fn no_tool(name: &str) -> ExecError {
+    ExecError::NotFound(format!("no tool {name}"))
 }
 
 fn success(value: Value) -> CallToolResult {
@@ -275,7 +316,7 @@ fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
         false => services.join(", "),
     };
     let read = ToolAnnotations::new().read_only(true).idempotent(true);
-    let mut tools = vec![
+    vec![
         Tool::new(
             "search",
             "Find capabilities (service methods) you may run, by words in their name or description. \
@@ -294,7 +335,7 @@ fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
                 "capability": {"type": "string", "description": "<service>.<method>, as returned by search"}},
                 "required": ["capability"]})),
         )
-        .with_annotations(read.clone()),
+        .with_annotations(read),
         Tool::new(
             "execute",
             format!(
@@ -303,10 +344,19 @@ fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
             ),
             schema(json!({"type": "object", "properties": {
                 "capability": {"type": "string", "description": "<service>.<method>"},
-                "params": {"type": "object", "description": "the capability's params, by name (see describe)"}},
+                "params": {"type": "object", "description": "the capability's params, by name (see describe)"},
+                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 256,
+                    "description": "a retry with the same key gets the first call's outcome instead of running again"}},
                 "required": ["capability"]})),
         )
         .with_annotations(ToolAnnotations::new().destructive(true).open_world(true)),
+    ]
+}
+
+/// `run_status`, and `approve` / `reject` for holders of an approver claim: in both modes.
+fn status_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
+    let read = ToolAnnotations::new().read_only(true).idempotent(true);
+    let mut tools = vec![
         Tool::new(
             "run_status",
             "Get the status and outcome of a run (a call held for approval, or any earlier call), waiting up \

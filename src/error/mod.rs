@@ -4,6 +4,8 @@
 //! error object, REST as `application/problem+json` (RFC 9457). Details of internal
 //! failures go to the log, never to the client.
 
+pub mod render;
+
 use http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -73,7 +75,11 @@ pub enum ExecError {
     /// The request conflicts with existing state (a keyid already enrolled, a run already decided).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// The identity is not enrolled, or may not act in the requested context.
+    /// The signature's key is not enrolled, or was revoked (-32005, HTTP 401: sign with
+    /// another key).
+    #[error("{0}")]
+    UnknownKey(String),
+    /// The principal may not act in the requested context (-32005, HTTP 403).
     #[error("{0}")]
     NotEnrolled(String),
     /// The call waits for a human's approval (-32010).
@@ -127,7 +133,7 @@ impl ExecError {
             Self::Denied(_) => code::PERMISSION_DENIED,
             Self::NotFound(_) => code::NOT_FOUND,
             Self::Conflict(_) => code::CONFLICT,
-            Self::NotEnrolled(_) => code::NOT_ENROLLED,
+            Self::UnknownKey(_) | Self::NotEnrolled(_) => code::NOT_ENROLLED,
             Self::ApprovalPending { .. } => code::APPROVAL_PENDING,
             Self::ApprovalRefused(_) => code::APPROVAL_REFUSED,
             Self::RateLimited { .. } | Self::Overloaded => code::RATE_LIMITED,
@@ -193,7 +199,7 @@ impl ExecError {
             Self::MethodNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParams { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated(_) | Self::UnknownKey(_) => StatusCode::UNAUTHORIZED,
             Self::Denied(_) | Self::NotEnrolled(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ApprovalPending { .. } => StatusCode::ACCEPTED,
@@ -226,6 +232,7 @@ impl ExecError {
             Self::Denied(_) => "permission-denied",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
+            Self::UnknownKey(_) => "unknown-key",
             Self::NotEnrolled(_) => "not-enrolled",
             Self::ApprovalPending { .. } => "approval-pending",
             Self::ApprovalRefused(_) => "approval-refused",

@@ -21,9 +21,11 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::net::UnixStream;
 
+pub mod socket;
+
 use crate::error::ExecError;
-use crate::intent::is_service_name;
 use crate::jsonrpc;
+pub use socket::OwnSockets;
 
 /// Headers a forwarded call carries, all derived from the intent (never copied from the caller).
 #[derive(Debug, Clone, Default)]
@@ -37,10 +39,12 @@ pub struct ForwardHeaders {
     pub traceparent: String,
 }
 
-/// Connects `http://<service>/...` to `<socket_dir>/<service>/rpc.sock`.
+/// Connects `http://<service>/...` to `<socket_dir>/<service>/rpc.sock`, when that socket
+/// may be called at all ([`socket`]).
 #[derive(Clone)]
 struct UnixConnector {
     socket_dir: Arc<PathBuf>,
+    own: Arc<OwnSockets>,
 }
 
 impl tower::Service<Uri> for UnixConnector {
@@ -54,16 +58,13 @@ impl tower::Service<Uri> for UnixConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let service = uri.host().unwrap_or_default().to_owned();
-        let dir = self.socket_dir.clone();
+        let (dir, own) = (self.socket_dir.clone(), self.own.clone());
         Box::pin(async move {
-            // Names are validated before a URI is built; check again before touching a path.
-            if !is_service_name(&service) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("invalid service name {service:?}"),
-                ));
-            }
-            let stream = UnixStream::connect(dir.join(&service).join("rpc.sock")).await?;
+            let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+            // Names are validated before a URI is built; the path is checked before it is used.
+            let (path, id) = own.target(&dir, &service).map_err(refused)?;
+            let stream = UnixStream::connect(&path).await?;
+            socket::check_peer(&stream, &path, id).map_err(refused)?;
             Ok(TokioIo::new(stream))
         })
     }
@@ -81,9 +82,10 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client for services under `socket_dir`.
-    pub fn new(socket_dir: PathBuf, max_response_bytes: usize) -> Self {
+    pub fn new(socket_dir: PathBuf, max_response_bytes: usize, own: OwnSockets) -> Self {
         let connector = UnixConnector {
             socket_dir: Arc::new(socket_dir),
+            own: Arc::new(own),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))

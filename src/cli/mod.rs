@@ -1,5 +1,9 @@
 //! Command-line interface (clap). `main.rs` turns it into a [`Config`] and runs.
 
+mod run;
+
+pub use run::run;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

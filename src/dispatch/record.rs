@@ -1,0 +1,84 @@
+//! Building the run record of an intent (DESIGN section 8).
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::intent::{Caller, Claims, Intent};
+use crate::policy::Explanation;
+use crate::runs::{Run, RunStatus, now_ms};
+
+/// The params of an intent as stored: their JSON text and its sha-256.
+pub(super) struct Input {
+    pub text: String,
+    pub sha256: String,
+}
+
+impl Input {
+    pub fn of(params: Option<&Value>) -> Self {
+        let text = serde_json::to_string(params.unwrap_or(&Value::Null)).unwrap_or_default();
+        let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+        Self { text, sha256 }
+    }
+}
+
+/// A new run for `intent`, decided as `explanation` says; status `running` until the caller
+/// sets it. Params over `cap` bytes are kept only as their hash.
+pub(super) fn new_run(intent: &Intent, explanation: &Explanation, input: Input, cap: usize) -> Run {
+    let caller = &intent.caller;
+    let stored = input.text.len() <= cap;
+    Run {
+        id: uuid::Uuid::now_v7().to_string(),
+        parent_id: None,
+        replay_of: None,
+        name: intent.capability.to_string(),
+        surface: intent.surface,
+        principal: caller.principal.id.clone(),
+        chain: caller.chain(),
+        context: caller.context,
+        claims: claims_list(&caller.claims),
+        service: intent.capability.service.clone(),
+        method: intent.capability.method.clone(),
+        input_sha256: input.sha256,
+        input: stored.then_some(input.text),
+        input_truncated: !stored,
+        idempotency_key: intent.idempotency_key.clone(),
+        decision: explanation.verdict,
+        rule: Some(explanation.record()),
+        approvers: explanation.approvers.clone(),
+        status: RunStatus::Running,
+        result: None,
+        result_truncated: false,
+        error: None,
+        approver: None,
+        decision_note: None,
+        cancelled_by: None,
+        created_at: now_ms(),
+        started_at: None,
+        finished_at: None,
+        expires_at: None,
+    }
+}
+
+/// Claims as a run records them (`["*"]` for full trust).
+pub(super) fn claims_list(claims: &Claims) -> Vec<String> {
+    match claims {
+        Claims::All => vec!["*".to_owned()],
+        Claims::Only(set) => set.iter().cloned().collect(),
+    }
+}
+
+/// Claims from a run's record.
+pub(super) fn claims_of(list: &[String]) -> Claims {
+    match list {
+        [all] if all == "*" => Claims::All,
+        list => Claims::Only(list.iter().cloned().collect()),
+    }
+}
+
+/// Who made a decision, as the run records it: the principal, and the human it acted for.
+pub fn actor(caller: &Caller) -> String {
+    match &caller.user {
+        Some(user) => format!("{} (for {user})", caller.principal.id),
+        None => caller.principal.id.clone(),
+    }
+}

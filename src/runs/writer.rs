@@ -1,0 +1,290 @@
+//! The run writer: one thread owns a connection and commits whatever has queued up in one
+//! transaction (group commit), acknowledging each write after its commit; a second thread
+//! checkpoints the WAL into the database file beside it (see `checkpoint_loop`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+
+use super::RunStatus;
+use super::store::{Changes, RunEvent};
+use crate::runs::Run;
+
+/// One write, in the order it was queued.
+pub(super) enum Op {
+    Insert(Box<Run>),
+    Transition {
+        id: String,
+        from: Vec<RunStatus>,
+        to: RunStatus,
+        changes: Box<Changes>,
+    },
+    ExpireDue {
+        now: i64,
+    },
+    Prune {
+        before: i64,
+        status: Option<RunStatus>,
+    },
+}
+
+/// What one write did: rows changed, and the status changes to broadcast.
+#[derive(Default)]
+pub(super) struct Applied {
+    rows: usize,
+    events: Vec<RunEvent>,
+}
+
+/// A write and who waits for its commit (the rows it changed, or why it failed).
+pub(super) struct Job {
+    pub op: Op,
+    pub done: oneshot::Sender<Result<usize, String>>,
+}
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// How long a loaded writer waits for more writes to share a commit.
+const LINGER: Duration = Duration::from_micros(100);
+
+/// A commit of at least this many writes means load: the next one lingers.
+const LINGER_AFTER: usize = 4;
+
+/// How often the checkpoint thread looks for new commits to copy into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// A WAL of at least this many frames (4 KiB pages) is restarted from its beginning.
+const RESTART_FRAMES: i64 = 1000;
+
+/// What the writer and the checkpoint thread share.
+#[derive(Default)]
+pub(super) struct WalState {
+    /// Commits so far.
+    commits: AtomicU64,
+    /// The checkpoint thread asks the writer to finish a checkpoint so the WAL restarts.
+    restart: AtomicBool,
+}
+
+/// Copies committed WAL frames into the database file whenever there were new commits.
+///
+/// PASSIVE: it never blocks the writer (nor readers). But the writer keeps appending while
+/// it copies, so under steady load it never copies *everything*, and SQLite only restarts
+/// the WAL from its beginning after a complete checkpoint (measured: the WAL grew by 50
+/// MB/s). So once the WAL is [`RESTART_FRAMES`] long, it asks the writer to checkpoint
+/// between two commits: by then only the frames of the last few milliseconds are left to
+/// copy, and the writer's next transaction restarts the WAL. Ends when the writer has ended.
+pub(super) fn checkpoint_loop(conn: &Connection, wal: &Arc<WalState>) {
+    let mut seen = 0;
+    // The writer thread holds the other reference while it runs.
+    while Arc::strong_count(wal) > 1 {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        let now = wal.commits.load(Ordering::Relaxed);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match checkpoint(conn) {
+            Ok(frames) if frames >= RESTART_FRAMES => wal.restart.store(true, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retried later"),
+        }
+    }
+    let _ = checkpoint(conn);
+}
+
+/// A PASSIVE checkpoint; returns how many frames the WAL holds.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1))
+}
+
+pub(super) fn writer_loop(
+    conn: &mut Connection,
+    rx: mpsc::Receiver<Job>,
+    events: broadcast::Sender<RunEvent>,
+    wal: &Arc<WalState>,
+) {
+    let mut last = 0;
+    while let Ok(first) = rx.recv() {
+        // Whatever queued up meanwhile shares the commit. Under load (the last commit
+        // carried several writes) the writer also waits a little for more: a commit costs
+        // about the same for one write as for ten (the same few pages are written to the
+        // WAL), and that wait is shorter than a commit. A lone caller never waits.
+        let mut batch = vec![first];
+        if last >= LINGER_AFTER {
+            std::thread::sleep(LINGER);
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        last = batch.len();
+        let outcome = (|| {
+            let tx = conn.transaction()?;
+            let results: Vec<Result<Applied, String>> = batch
+                .iter()
+                .map(|job| apply(&tx, &job.op).map_err(|e| e.to_string()))
+                .collect();
+            tx.commit()?;
+            wal.commits.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, rusqlite::Error>(results)
+        })();
+        match outcome {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let result = result.map(|applied| {
+                        for event in applied.events {
+                            let _ = events.send(event);
+                        }
+                        applied.rows
+                    });
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "run store commit failed");
+                for job in batch {
+                    let _ = job.done.send(Err(e.to_string()));
+                }
+            }
+        }
+        // Between commits, after the answers went out (checkpoint_loop says why).
+        if wal.restart.swap(false, Ordering::Relaxed)
+            && let Err(e) = checkpoint(conn)
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
+    match op {
+        Op::Insert(run) => {
+            tx.prepare_cached(
+                "INSERT INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
+                 input_sha256, input, input_truncated, idempotency_key, decision, rule, approvers, status, result,
+                 result_truncated, error, approver, decision_note, created_at, started_at, finished_at, expires_at,
+                 on_behalf_of, replay_of, cancelled_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
+            )?
+            .execute(params![
+                run.id,
+                run.parent_id,
+                run.name,
+                run.surface.as_str(),
+                run.principal,
+                serde_json::to_string(&run.chain).unwrap_or_default(),
+                run.context as i64,
+                run.claims.join(","),
+                run.service,
+                run.method,
+                run.input_sha256,
+                run.input,
+                run.input_truncated,
+                run.idempotency_key,
+                run.decision.as_str(),
+                run.rule,
+                serde_json::to_string(&run.approvers).unwrap_or_default(),
+                run.status.as_str(),
+                run.result,
+                run.result_truncated,
+                run.error.as_ref().map(Value::to_string),
+                run.approver,
+                run.decision_note,
+                run.created_at,
+                run.started_at,
+                run.finished_at,
+                run.expires_at,
+                run.chain.get(1),
+                run.replay_of,
+                run.cancelled_by,
+            ])?;
+            Ok(Applied {
+                rows: 1,
+                events: vec![RunEvent {
+                    id: run.id.clone(),
+                    status: run.status,
+                }],
+            })
+        }
+        Op::Transition { id, from, to, changes } => {
+            let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            let changed = tx
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = ?2,
+                       started_at = COALESCE(?3, started_at), finished_at = COALESCE(?4, finished_at),
+                       result = COALESCE(?5, result), result_truncated = (result_truncated OR ?6),
+                       error = COALESCE(?7, error), approver = COALESCE(?8, approver),
+                       decision_note = COALESCE(?9, decision_note), cancelled_by = COALESCE(?10, cancelled_by)
+                     WHERE id = ?1 AND status IN ({})",
+                    from.join(",")
+                ))?
+                .execute(params![
+                    id,
+                    to.as_str(),
+                    changes.started_at,
+                    changes.finished_at,
+                    changes.result,
+                    changes.result_truncated,
+                    changes.error.as_ref().map(Value::to_string),
+                    changes.approver,
+                    changes.decision_note,
+                    changes.cancelled_by,
+                ])?;
+            Ok(Applied {
+                rows: changed,
+                events: match changed {
+                    0 => Vec::new(),
+                    _ => vec![RunEvent {
+                        id: id.clone(),
+                        status: *to,
+                    }],
+                },
+            })
+        }
+        Op::ExpireDue { now } => {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE runs SET status = 'expired', finished_at = ?1
+                 WHERE status = 'awaiting_approval' AND expires_at <= ?1 RETURNING id",
+            )?;
+            let events: Vec<RunEvent> = stmt
+                .query_map([now], |r| r.get::<_, String>(0))?
+                .map(|id| {
+                    id.map(|id| RunEvent {
+                        id,
+                        status: RunStatus::Expired,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Applied {
+                rows: events.len(),
+                events,
+            })
+        }
+        Op::Prune { before, status } => {
+            let finals: Vec<String> = RunStatus::ALL
+                .iter()
+                .filter(|s| s.is_final() && status.is_none_or(|wanted| wanted == **s))
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            let deleted = tx.execute(
+                &format!(
+                    "DELETE FROM runs WHERE created_at < ?1 AND status IN ({})",
+                    finals.join(",")
+                ),
+                [before],
+            )?;
+            Ok(Applied {
+                rows: deleted,
+                events: Vec::new(),
+            })
+        }
+    }
+}
