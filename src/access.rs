@@ -62,17 +62,23 @@ pub fn holds_approver_claim(caller: &Caller, run: &Run) -> bool {
     run.approvers.iter().any(|claim| caller.claims.holds(claim))
 }
 
+/// Whether the run belongs to the caller: the same principal and, when the caller acts
+/// for a user (`X-Hero-User`), the same user.
+pub fn is_callers(caller: &Caller, run: &Run) -> bool {
+    run.principal == caller.principal.id && caller.user.as_ref().is_none_or(|user| run.chain.get(1) == Some(user))
+}
+
 /// Whether `caller` may see `run`: its own, any for an admin, and a run waiting for an
 /// approval the caller may give (while it waits, and only then).
 pub fn may_see(caller: &Caller, run: &Run) -> bool {
-    run.principal == caller.principal.id
+    is_callers(caller, run)
         || is_admin(caller)
         || (run.status == RunStatus::AwaitingApproval && holds_approver_claim(caller, run))
 }
 
-/// Whether `caller` may cancel `run`: its own principal's, or any for an admin.
+/// Whether `caller` may cancel `run`: its own, or any for an admin.
 pub fn may_cancel(caller: &Caller, run: &Run) -> bool {
-    run.principal == caller.principal.id || is_admin(caller)
+    is_callers(caller, run) || is_admin(caller)
 }
 
 /// Why `caller` may not decide `run`, if it may not.
@@ -114,10 +120,23 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Unicode bidirectional formatting characters (UAX #9) and invisible separators that can
-/// reorder or hide text.
+/// Unicode bidirectional formatting characters (UAX #9), and invisible characters that can
+/// hide text (soft hyphen, joiners, invisible operators, interlinear annotation, tags).
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
 }
 
 #[cfg(test)]
@@ -135,6 +154,9 @@ mod tests {
             "echo.a\nb",
             "echo.\u{2066}x",
             "echo.\u{200b}",
+            "echo.a\u{e0041}",
+            "echo.\u{2061}",
+            "echo.so\u{ad}ft",
         ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }

@@ -53,7 +53,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_by_name ON runs(name, id);
     CREATE INDEX runs_by_principal ON runs(principal, id);
     CREATE UNIQUE INDEX runs_idempotency ON runs(principal, idempotency_key) WHERE idempotency_key IS NOT NULL;",
-    // 3: idempotency keys scoped by principal, user and capability; a retry is a run of its
+    // 3: idempotency keys scoped by principal, user and capability, and bound only by a call
+    // that was forwarded or held (a refusal does not use a key up); a retry is a run of its
     // own pointing at the first (`replay_of`); who cancelled a run.
     "ALTER TABLE runs ADD COLUMN on_behalf_of TEXT;
     ALTER TABLE runs ADD COLUMN replay_of TEXT;
@@ -61,7 +62,7 @@ const MIGRATIONS: &[&str] = &[
     UPDATE runs SET on_behalf_of = json_extract(chain, '$[1]');
     DROP INDEX runs_idempotency;
     CREATE UNIQUE INDEX runs_idempotency ON runs(principal, COALESCE(on_behalf_of, ''), name, idempotency_key)
-        WHERE idempotency_key IS NOT NULL AND replay_of IS NULL;",
+        WHERE idempotency_key IS NOT NULL AND replay_of IS NULL AND (started_at IS NOT NULL OR expires_at IS NOT NULL);",
 ];
 
 /// A database failure. Details are logged; callers see an internal error.

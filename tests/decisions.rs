@@ -656,3 +656,136 @@ async fn errors_keep_the_request_id_when_the_body_parsed() {
         "every JSON-RPC error answers with the request's id"
     );
 }
+
+// ---- Found in review: the edges of the same rules ------------------------------------
+
+/// An approver that waits on a held run does not get its outcome once it is decided, and
+/// the answer to the approval is the run as approved (`running`), never its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_waiting_on_a_run_does_not_get_its_result() {
+    let (s, _executor) = setup(Node::new(), |_| {}).await;
+    let run_id = hold(&s.agent, "echo.counter.reset", json!({})).await;
+    let waiting = {
+        let ops = signed_client(&s.node, "ops", &key(2));
+        let run_id = run_id.clone();
+        tokio::spawn(async move { call(&ops, "runs.wait", json!({"run_id": run_id, "timeout_ms": 10_000})).await })
+    };
+    let approved = call(&s.ops, "runs.approve", json!({ "run_id": run_id })).await.unwrap();
+    assert_eq!(approved["status"], "running", "{approved}");
+    assert!(approved["result"].is_null(), "{approved}");
+    let (code, _) = rpc_error("the approver's wait", waiting.await.unwrap());
+    assert_eq!(code, -32003, "the decided run is no longer the approver's to see");
+    let done = call(&s.agent, "runs.wait", json!({ "run_id": run_id })).await.unwrap();
+    assert_eq!(done["status"], "succeeded", "the caller still collects it");
+}
+
+/// A router acting for mallory sees, waits for and cancels only mallory's runs, not the
+/// runs it made for alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_acting_for_a_user_sees_only_that_users_runs() {
+    let (s, _executor) = setup(Node::new(), |_| {}).await;
+    enrol(&s.node, "router", &key(3), &["agent", "executor.impersonate"], None).await;
+    let router = signed_client(&s.node, "router", &key(3));
+    let as_user = |user: &str| hero_headers(None, None, Some(user)).unwrap();
+    let (_, data) = rpc_error(
+        "alice's reset is held",
+        router.rpc("echo.counter.reset", json!({}), as_user("alice")).await,
+    );
+    let alices = run_id_of(&data).unwrap().to_owned();
+    let mallory = as_user("mallory");
+    let listed = router.rpc("runs.list", json!({}), mallory.clone()).await.unwrap();
+    assert!(
+        !run_ids(&listed).contains(&alices),
+        "mallory lists alice's run: {listed}"
+    );
+    for method in ["runs.get", "runs.wait", "runs.cancel"] {
+        let answer = router.rpc(method, json!({ "run_id": alices }), mallory.clone()).await;
+        assert_eq!(
+            rpc_error(method, answer).0,
+            -32003,
+            "{method} of alice's run as mallory"
+        );
+    }
+    let alice = router
+        .rpc("runs.get", json!({ "run_id": alices }), as_user("alice"))
+        .await;
+    assert_eq!(alice.unwrap()["status"], "awaiting_approval");
+}
+
+/// `uid:<n>` names the trusted local peer; no key may take that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_may_not_be_named_like_the_local_owner() {
+    let (s, _executor) = setup(Node::new(), |_| {}).await;
+    let params = json!({"keyid": "uid:0", "public_key": b64_public(&key(9)), "claims": ["agent"]});
+    let added = s.owner("keys.add", params).await;
+    assert_eq!(error_code(&added), -32602, "{added}");
+}
+
+/// An `Idempotency-Key` header decides whether a call runs at all, so a signature must
+/// cover it: one added on the way is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_key_header_must_be_signed() {
+    let (s, _executor) = setup(Node::new(), |_| {}).await;
+    let body =
+        serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 7, "method": "echo.counter.add", "params": {"amount": 1}}))
+            .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "localhost".parse().unwrap());
+    headers.insert("content-type", "application/json".parse().unwrap());
+    Signer::new("agent", key(1))
+        .sign(
+            &Method::POST,
+            &"/rpc".parse().unwrap(),
+            &mut headers,
+            &body,
+            hero_executor::now_unix(),
+        )
+        .unwrap();
+    headers.insert("idempotency-key", "added-on-the-way".parse().unwrap());
+    let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+    let answer = http(&s.node.rpc_sock(), "POST", "/rpc", &pairs, body).await;
+    assert_eq!(answer.status, 401, "{}", String::from_utf8_lossy(&answer.body));
+    // Signed with the header, it is accepted, and a retry is answered from the first call.
+    let keyed = |key: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", key.parse().unwrap());
+        headers
+    };
+    let first = s
+        .agent
+        .rpc("echo.counter.add", json!({"amount": 1}), keyed("k9"))
+        .await
+        .unwrap();
+    let again = s
+        .agent
+        .rpc("echo.counter.add", json!({"amount": 1}), keyed("k9"))
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(s.counter().await, 1);
+}
+
+/// The same key in another context is a conflict, not the other context's result; a call
+/// refused before it ran does not use its key up; params in another order are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_respect_context_refusals_and_member_order() {
+    let (s, _executor) = setup(Node::new(), |_| {}).await;
+    call(&s.agent, "execute", add_with_key("c1")).await.unwrap();
+    let other_context = hero_headers(Some(2), None, None).unwrap();
+    let replay = s.agent.rpc("execute", add_with_key("c1"), other_context).await;
+    assert_eq!(rpc_error("another context", replay).0, -32004);
+    // Invalid params are refused before forwarding: the key is still free afterwards.
+    let bad = json!({"capability": "echo.counter.add", "params": {"amount": "x"}, "idempotency_key": "c2"});
+    assert_eq!(
+        rpc_error("invalid params", call(&s.agent, "execute", bad).await).0,
+        -32602
+    );
+    call(&s.agent, "execute", add_with_key("c2")).await.unwrap();
+    assert_eq!(s.counter().await, 2);
+    // Member order does not make another input.
+    let ab = json!({"capability": "echo.echo", "params": {"message": "m", "x": 1}, "idempotency_key": "c3"});
+    let ba = json!({"capability": "echo.echo", "idempotency_key": "c3", "params": {"x": 1, "message": "m"}});
+    let first = call(&s.agent, "execute", ab).await;
+    let second = call(&s.agent, "execute", ba).await;
+    assert_eq!(outcome(&first), outcome(&second));
+}

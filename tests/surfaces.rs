@@ -163,6 +163,36 @@ async fn a_hard_link_to_our_own_socket_is_not_a_service() {
     assert_none(&problems);
 }
 
+/// A hard link to another service's socket is a second name for it: refused at the
+/// connection (its listener is bound elsewhere), while the service itself stays callable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_to_another_services_socket_is_not_a_second_name() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let config = node.config();
+    let _executor = node.start(config).await;
+    enrol(&node, "agent", &key(1), &["agent"], None).await;
+    let agent = signed_client(&node, "agent", &key(1));
+    let dir = node.socket_dir();
+    std::fs::create_dir(dir.join("twin")).unwrap();
+    std::fs::hard_link(dir.join("echo/rpc.sock"), dir.join("twin/rpc.sock")).unwrap();
+    refresh(&node).await;
+    let services = listed_services(&node).await;
+    assert!(!services.contains(&"twin".to_owned()), "twin listed: {services:?}");
+    assert!(
+        services.contains(&"echo".to_owned()),
+        "the real service stays: {services:?}"
+    );
+    let through_twin = agent.rpc("twin.echo", json!({"message": "x"}), HeaderMap::new()).await;
+    assert!(
+        through_twin.is_err(),
+        "twin.echo reached echo: {}",
+        answered(&through_twin)
+    );
+    let owner = rpc(&node.rpc_sock(), "echo.echo", json!({"message": "x"})).await;
+    assert_eq!(owner["result"]["message"], "x", "{owner}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlinked_service_dir_does_not_escape_guards() {
     let node = Node::new();

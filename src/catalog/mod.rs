@@ -18,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::upstream::Upstream;
-use crate::upstream::socket::{FileId, OwnSockets, is_target_name};
+use crate::upstream::socket::{OwnSockets, is_target_name};
 pub use spec::{Capability, HeroIntent, ServiceSpec};
 
 /// A consistent view of the catalog at one moment.
@@ -175,38 +175,29 @@ impl Catalog {
     }
 
     /// Names of subdirectories that hold a socket that may be called as a target
-    /// ([`OwnSockets::target`]). Two names for one socket are both refused: neither can be
-    /// told from the other, and a guard written for one must not be dodged through the other.
+    /// ([`OwnSockets::target`]). A second name for a socket passes this look at the files,
+    /// but not discovery: the connection's check that the listener is bound at that very
+    /// path refuses it ([`crate::upstream::socket::check_peer`]).
     async fn scan_socket_dir(&self) -> Vec<String> {
         let (dir, own) = (self.socket_dir.clone(), self.own.clone());
         let scan = move || -> Vec<String> {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 return Vec::new();
             };
-            let mut found: BTreeMap<String, FileId> = BTreeMap::new();
+            let mut names = Vec::new();
             for name in entries
                 .filter_map(Result::ok)
                 .filter_map(|e| e.file_name().into_string().ok())
             {
                 match own.target(&dir, &name) {
-                    Ok((_, id)) => {
-                        found.insert(name, id);
-                    }
+                    Ok(_) => names.push(name),
                     Err(why) if is_target_name(&name) && dir.join(&name).join("rpc.sock").exists() => {
                         tracing::warn!(service = %name, %why, "not a target");
                     }
                     Err(_) => {}
                 }
             }
-            let mut names = Vec::new();
-            for (name, id) in &found {
-                match found.iter().find(|(other, other_id)| *other != name && *other_id == id) {
-                    Some((other, _)) => {
-                        tracing::warn!(service = %name, %other, "two names for one socket: neither is a target")
-                    }
-                    None => names.push(name.clone()),
-                }
-            }
+            names.sort();
             names
         };
         tokio::task::spawn_blocking(scan).await.unwrap_or_default()

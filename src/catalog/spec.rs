@@ -278,28 +278,7 @@ fn parse_method(service: &str, method: &Value, components: Option<&Value>) -> Re
         Some("by-position") => ParamStructure::ByPosition,
         _ => ParamStructure::Either,
     };
-    let mut properties = Map::new();
-    let mut required = Vec::new();
-    let mut param_names = Vec::new();
-    for param in &params {
-        let pname = param
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{name}: a param without a name"))?;
-        properties.insert(pname.to_owned(), param.get("schema").cloned().unwrap_or(json!({})));
-        if param.get("required").and_then(Value::as_bool).unwrap_or(false) {
-            required.push(Value::String(pname.to_owned()));
-        }
-        param_names.push(pname.to_owned());
-    }
-    let mut params_schema = json!({ "type": "object", "properties": properties });
-    if !required.is_empty() {
-        params_schema["required"] = Value::Array(required);
-    }
-    // Keep `components` beside the properties so `#/components/...` refs resolve locally.
-    if let Some(components) = components {
-        params_schema["components"] = components.clone();
-    }
+    let (params_schema, param_names) = params_schema(name, &params, components)?;
     // OpenRPC 1.3 schemas are JSON Schema draft-07; nothing is ever fetched over the network.
     let compiled = jsonschema::options()
         .with_draft(jsonschema::Draft::Draft7)
@@ -336,6 +315,34 @@ fn parse_method(service: &str, method: &Value, components: Option<&Value>) -> Re
         validator,
         param_names,
     })
+}
+
+/// The JSON Schema of a method's params as one object (by name), with `components` beside
+/// the properties so `#/components/...` refs resolve locally; and the params' names in order.
+fn params_schema(name: &str, params: &[Value], components: Option<&Value>) -> Result<(Value, Vec<String>), String> {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    let mut param_names = Vec::new();
+    for param in params {
+        let pname = param
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{name}: a param without a name"))?;
+        properties.insert(pname.to_owned(), param.get("schema").cloned().unwrap_or(json!({})));
+        if param.get("required").and_then(Value::as_bool).unwrap_or(false) {
+            required.push(Value::String(pname.to_owned()));
+        }
+        param_names.push(pname.to_owned());
+    }
+    let mut params_schema = json!({ "type": "object", "properties": properties });
+    if !required.is_empty() {
+        params_schema["required"] = Value::Array(required);
+    }
+    // Keep `components` beside the properties so `#/components/...` refs resolve locally.
+    if let Some(components) = components {
+        params_schema["components"] = components.clone();
+    }
+    Ok((params_schema, param_names))
 }
 
 /// Resolves `{"$ref": "#/components/contentDescriptors/X"}` to the descriptor itself.

@@ -284,6 +284,9 @@ pub enum RunsAction {
         principal: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Only the runs waiting for an approval you may give (your inbox)
+        #[arg(long)]
+        inbox: bool,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,

@@ -19,46 +19,7 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
     let rpc_sock = socket_dir.join(crate::SERVICE_NAME).join("rpc.sock");
     match command {
         Command::Keygen { out, force } => keygen(out, *force),
-        Command::Keys { action, auth } => {
-            let client = client(&rpc_sock, auth).await?;
-            match action {
-                KeysAction::Add {
-                    keyid,
-                    public_key,
-                    claims,
-                    contexts,
-                    note,
-                } => {
-                    let public_key = read_public_key(public_key)?;
-                    let params = json!({"keyid": keyid, "public_key": public_key, "claims": claims,
-                                        "contexts": contexts, "note": note});
-                    let key = client
-                        .rpc("keys.add", crate::jsonrpc::without_nulls(params), HeaderMap::new())
-                        .await
-                        .map_err(show)?;
-                    println!(
-                        "enrolled {} with claims {}",
-                        key["keyid"].as_str().unwrap_or_default(),
-                        key["claims"]
-                    );
-                }
-                KeysAction::List => {
-                    let listed = client
-                        .rpc("keys.list", json!({}), HeaderMap::new())
-                        .await
-                        .map_err(show)?;
-                    print_keys(listed["keys"].as_array().map(Vec::as_slice).unwrap_or_default());
-                }
-                KeysAction::Revoke { keyid } => {
-                    client
-                        .rpc("keys.revoke", json!({ "keyid": keyid }), HeaderMap::new())
-                        .await
-                        .map_err(show)?;
-                    println!("revoked {keyid}");
-                }
-            }
-            Ok(())
-        }
+        Command::Keys { action, auth } => keys(&client(&rpc_sock, auth).await?, action).await,
         Command::Mcp { auth, direct_tools } => {
             let signer = match (&auth.key, &auth.keyid) {
                 (Some(key), Some(keyid)) => Some(Signer::load(key, keyid.clone()).map_err(show)?),
@@ -67,32 +28,7 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
             crate::mcp_bridge::run_stdio_bridge(&rpc_sock, signer, *direct_tools).await
         }
         Command::Runs { action, auth } => runs(&client(&rpc_sock, auth).await?, action).await,
-        Command::Policy { action, auth } => {
-            let client = client(&rpc_sock, auth).await?;
-            let value = match action {
-                PolicyAction::Check => client.rpc("policy.check", json!({}), HeaderMap::new()).await,
-                PolicyAction::Explain {
-                    capability,
-                    for_keyid,
-                    claims,
-                    context,
-                } => {
-                    let params =
-                        json!({"capability": capability, "keyid": for_keyid, "claims": claims, "context": context});
-                    client
-                        .rpc(
-                            "policy.explain",
-                            crate::jsonrpc::without_nulls(params),
-                            HeaderMap::new(),
-                        )
-                        .await
-                }
-                PolicyAction::Reload => client.rpc("policy.reload", json!({}), HeaderMap::new()).await,
-            }
-            .map_err(show)?;
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
-            Ok(())
-        }
+        Command::Policy { action, auth } => policy(&client(&rpc_sock, auth).await?, action).await,
         Command::Call {
             capability,
             params,
@@ -101,37 +37,106 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
             claims,
             user,
         } => {
-            let params = match params.as_deref() {
-                None => json!({}),
-                Some("-") => {
-                    let mut text = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut text)
-                        .map_err(|e| format!("reading stdin: {e}"))?;
-                    parse_json(&text)?
-                }
-                Some(text) => parse_json(text)?,
-            };
             let headers = hero_headers(*context, claims.as_deref(), user.as_deref()).map_err(show)?;
-            let client = client(&rpc_sock, auth).await?;
-            let result = match client.rpc(capability, params, headers).await {
-                Err(ClientError::Rpc {
-                    code: -32010,
-                    data: Some(data),
-                    ..
-                }) => {
-                    let run_id = data["run_id"].as_str().unwrap_or_default();
-                    return Err(format!(
-                        "held for approval as run {run_id}; an approver runs `hero_executor runs approve {run_id}`, \
-                         and `hero_executor runs wait {run_id}` collects the result"
-                    ));
-                }
-                other => other.map_err(show)?,
-            };
-            println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
-            Ok(())
+            call(&client(&rpc_sock, auth).await?, capability, params.as_deref(), headers).await
         }
     }
+}
+
+async fn keys(client: &Client, action: &KeysAction) -> Result<(), String> {
+    match action {
+        KeysAction::Add {
+            keyid,
+            public_key,
+            claims,
+            contexts,
+            note,
+        } => {
+            let public_key = read_public_key(public_key)?;
+            let params = json!({"keyid": keyid, "public_key": public_key, "claims": claims,
+                                "contexts": contexts, "note": note});
+            let key = client
+                .rpc("keys.add", crate::jsonrpc::without_nulls(params), HeaderMap::new())
+                .await
+                .map_err(show)?;
+            println!(
+                "enrolled {} with claims {}",
+                key["keyid"].as_str().unwrap_or_default(),
+                key["claims"]
+            );
+        }
+        KeysAction::List => {
+            let listed = client
+                .rpc("keys.list", json!({}), HeaderMap::new())
+                .await
+                .map_err(show)?;
+            print_keys(listed["keys"].as_array().map(Vec::as_slice).unwrap_or_default());
+        }
+        KeysAction::Revoke { keyid } => {
+            client
+                .rpc("keys.revoke", json!({ "keyid": keyid }), HeaderMap::new())
+                .await
+                .map_err(show)?;
+            println!("revoked {keyid}");
+        }
+    }
+    Ok(())
+}
+
+async fn policy(client: &Client, action: &PolicyAction) -> Result<(), String> {
+    let value = match action {
+        PolicyAction::Check => client.rpc("policy.check", json!({}), HeaderMap::new()).await,
+        PolicyAction::Explain {
+            capability,
+            for_keyid,
+            claims,
+            context,
+        } => {
+            let params = json!({"capability": capability, "keyid": for_keyid, "claims": claims, "context": context});
+            client
+                .rpc(
+                    "policy.explain",
+                    crate::jsonrpc::without_nulls(params),
+                    HeaderMap::new(),
+                )
+                .await
+        }
+        PolicyAction::Reload => client.rpc("policy.reload", json!({}), HeaderMap::new()).await,
+    }
+    .map_err(show)?;
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    Ok(())
+}
+
+/// `call`: one capability; a held call says how to approve and collect it.
+async fn call(client: &Client, capability: &str, params: Option<&str>, headers: HeaderMap) -> Result<(), String> {
+    let params = match params {
+        None => json!({}),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("reading stdin: {e}"))?;
+            parse_json(&text)?
+        }
+        Some(text) => parse_json(text)?,
+    };
+    let result = match client.rpc(capability, params, headers).await {
+        Err(ClientError::Rpc {
+            code: -32010,
+            data: Some(data),
+            ..
+        }) => {
+            let run_id = data["run_id"].as_str().unwrap_or_default();
+            return Err(format!(
+                "held for approval as run {run_id}; an approver runs `hero_executor runs approve {run_id}`, \
+                 and `hero_executor runs wait {run_id}` collects the result"
+            ));
+        }
+        other => other.map_err(show)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+    Ok(())
 }
 
 async fn runs(client: &Client, action: &RunsAction) -> Result<(), String> {
@@ -147,11 +152,14 @@ async fn runs(client: &Client, action: &RunsAction) -> Result<(), String> {
             capability,
             principal,
             limit,
+            inbox,
             json,
         } => {
+            let inbox = inbox.then_some(true);
             let page = rpc(
                 "runs.list",
-                json!({"status": status, "capability": capability, "principal": principal, "limit": limit}),
+                json!({"status": status, "capability": capability, "principal": principal, "limit": limit,
+                       "inbox": inbox}),
             )
             .await?;
             let runs = page["runs"].as_array().map(Vec::as_slice).unwrap_or_default();

@@ -146,8 +146,9 @@ impl Command {
             "keys.add" => Self::KeysAdd(parse(method, params)?),
             "keys.revoke" => Self::KeysRevoke(parse(method, params)?),
             reserved if access::is_reserved(reserved) => {
+                let shown: String = reserved.chars().take(64).collect();
                 return Err(ExecError::MethodNotFound(format!(
-                    "the executor has no method {reserved:?}"
+                    "the executor has no method {shown:?}"
                 )));
             }
             capability => {

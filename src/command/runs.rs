@@ -84,6 +84,7 @@ pub(super) async fn list(d: &Dispatcher, caller: &Caller, p: RunsList) -> Result
     }
     let viewer = Viewer {
         principal: caller.principal.id.clone(),
+        user: caller.user.clone(),
         approver_claims: match &caller.claims {
             Claims::All => None,
             Claims::Only(set) => Some(set.iter().cloned().collect()),
@@ -111,7 +112,12 @@ pub(super) async fn list(d: &Dispatcher, caller: &Caller, p: RunsList) -> Result
 pub(super) async fn wait(d: &Dispatcher, caller: &Caller, p: RunsWait) -> Result<Value, ExecError> {
     d.visible_run(caller, &p.run_id).await.map_err(|f| f.error)?;
     let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
-    Ok(d.runs().wait(&p.run_id, timeout).await?.to_json())
+    let run = d.runs().wait(&p.run_id, timeout).await?;
+    // An approver sees a run only while it waits: not the outcome it waited for.
+    if !access::may_see(caller, &run) {
+        return Err(ExecError::NotFound(format!("no run {}", p.run_id)));
+    }
+    Ok(run.to_json())
 }
 
 pub(super) async fn prune(d: &Dispatcher, caller: &Caller, p: RunsPrune) -> Result<Value, ExecError> {

@@ -65,8 +65,10 @@ impl Dispatcher {
         changes.started_at = Some(now_ms());
         self.conclude(run_id, RunStatus::Running, changes).await?;
         tracing::info!(%run_id, approver = %actor(caller), capability = %run.name, "approved");
+        // The answer is the run as approved, read before the call can produce a result.
+        let approved = self.existing(run_id).await;
         self.start_approved(permit, call, params);
-        self.existing(run_id).await
+        approved
     }
 
     /// Rejects a held run.
@@ -136,11 +138,12 @@ impl Dispatcher {
 
     /// A run waiting for approval that `caller` may decide.
     async fn pending(&self, caller: &Caller, run_id: &str) -> Result<Run, Failure> {
-        let run = self
-            .runs()
-            .get(run_id)
-            .await?
-            .ok_or_else(|| ExecError::NotFound(format!("no run {run_id}")))?;
+        // Only who may see the run, or may decide runs like it, learns that it exists (an
+        // approver is told that a run it could have decided was decided already).
+        let run = match self.runs().get(run_id).await? {
+            Some(run) if access::may_see(caller, &run) || access::holds_approver_claim(caller, &run) => run,
+            _ => return Err(ExecError::NotFound(format!("no run {run_id}")).into()),
+        };
         access::may_decide(caller, &run).map_err(|e| Failure::with_run(e, run_id))?;
         if run.status == RunStatus::AwaitingApproval && run.expires_at.is_some_and(|at| at <= now_ms()) {
             self.runs().expire_due().await?;
@@ -265,18 +268,16 @@ impl Dispatcher {
         let forwarder = self.forwarder.clone();
         let running = self.running.clone();
         let run_id = call.run_id.clone();
+        // Registered under the lock the task takes to unregister, so it cannot end first.
+        let mut handles = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let task = tokio::spawn({
-            let running = running.clone();
             let run_id = run_id.clone();
             async move {
                 let _ = forwarder.forward(permit, call, params.as_ref()).await;
                 running.lock().unwrap_or_else(|p| p.into_inner()).remove(&run_id);
             }
         });
-        running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(run_id, task.abort_handle());
+        handles.insert(run_id, task.abort_handle());
     }
 
     /// Expires overdue approvals every second and prunes old runs every hour.

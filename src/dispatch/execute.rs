@@ -129,6 +129,13 @@ impl Dispatcher {
             return Err(self.record_refusal(run, RunStatus::Denied, error).await);
         }
         let key = first.idempotency_key.as_deref().unwrap_or_default();
+        if first.context != run.context {
+            let error = ExecError::Conflict(format!(
+                "idempotency key {key:?} was used in context {} (run {})",
+                first.context, first.id
+            ));
+            return Err(self.record_refusal(run, RunStatus::Failed, error).await);
+        }
         if first.input_sha256 != run.input_sha256 {
             let error = ExecError::Conflict(format!(
                 "idempotency key {key:?} was used for a different call (run {})",

@@ -7,7 +7,8 @@ use crate::intent::{Caller, Claims, Intent};
 use crate::policy::Explanation;
 use crate::runs::{Run, RunStatus, now_ms};
 
-/// The params of an intent as stored: their JSON text and its sha-256.
+/// The params of an intent as stored: their JSON text, and the sha-256 of their canonical
+/// form (object members sorted), so the same params in another order are the same input.
 pub(super) struct Input {
     pub text: String,
     pub sha256: String,
@@ -15,9 +16,45 @@ pub(super) struct Input {
 
 impl Input {
     pub fn of(params: Option<&Value>) -> Self {
-        let text = serde_json::to_string(params.unwrap_or(&Value::Null)).unwrap_or_default();
-        let sha256 = hex::encode(Sha256::digest(text.as_bytes()));
-        Self { text, sha256 }
+        let params = params.unwrap_or(&Value::Null);
+        let text = serde_json::to_string(params).unwrap_or_default();
+        let mut hasher = Sha256::new();
+        canonical(params, &mut hasher);
+        Self {
+            text,
+            sha256: hex::encode(hasher.finalize()),
+        }
+    }
+}
+
+/// Feeds `value` as JSON to `hasher`, object members in key order.
+fn canonical(value: &Value, hasher: &mut Sha256) {
+    match value {
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            hasher.update(b"{");
+            for (i, (key, member)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                hasher.update(Value::String(key.clone()).to_string().as_bytes());
+                hasher.update(b":");
+                canonical(member, hasher);
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                canonical(item, hasher);
+            }
+            hasher.update(b"]");
+        }
+        scalar => hasher.update(scalar.to_string().as_bytes()),
     }
 }
 

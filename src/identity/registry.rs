@@ -231,6 +231,12 @@ impl Registry {
 
 /// Keyids: 1-128 characters of `A-Z a-z 0-9 . _ : @ -`, starting with a letter or digit.
 pub fn validate_keyid(keyid: &str) -> Result<(), ExecError> {
+    // `uid:<n>` names the trusted local peer: a key may not pass for it.
+    if keyid.starts_with("uid:") {
+        return Err(ExecError::invalid_params(format!(
+            "invalid keyid {keyid:?}: uid:<n> names the local owner, not a key"
+        )));
+    }
     let ok = (1..=128).contains(&keyid.len())
         && keyid.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && keyid

@@ -103,6 +103,39 @@ impl Verifier {
         if key.revoked_at.is_some() {
             return Err(ExecError::UnknownKey(format!("key {} was revoked", key.keyid)));
         }
+        let created = self.check_params(s, now)?;
+        for required in required_components(uri, headers, body) {
+            if !s.covers(&required) {
+                return Err(unauth(format!("the signature must cover {required:?}")));
+            }
+        }
+        if let Some(digest) = headers.get("content-digest") {
+            let digest = digest
+                .to_str()
+                .map_err(|_| unauth("Content-Digest is not visible ASCII"))?;
+            signature::verify_content_digest(digest, body).map_err(|e| unauth(e.0))?;
+        }
+        let view = MessageView::request(method, uri, headers);
+        let base = signature::signature_base(&view, None, &s.components, &s.params_line).map_err(|e| unauth(e.0))?;
+        signature::verify_ed25519(&key.public_key, &base, &s.signature).map_err(|e| unauth(e.0))?;
+        // Only a verified signature may use up a slot in the replay cache.
+        if let Some(nonce) = &s.nonce {
+            let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            let max_age = self.rules.max_age.as_secs() as i64;
+            replay.insert(&key.keyid, nonce, created + max_age, now, self.rules.replay_capacity)?;
+        }
+        Ok((
+            key.principal(),
+            VerifiedSignature {
+                label: s.label.clone(),
+                keyid: key.keyid.clone(),
+            },
+        ))
+    }
+
+    /// The signature parameters' rules: `alg`, freshness (`created`, `expires`) and `nonce`.
+    /// Returns `created`.
+    fn check_params(&self, s: &signature::ParsedSignature, now: i64) -> Result<i64, ExecError> {
         if let Some(alg) = &s.alg
             && alg != "ed25519"
         {
@@ -132,37 +165,14 @@ impl Verifier {
         if self.rules.require_nonce && s.nonce.is_none() {
             return Err(unauth("the signature has no nonce parameter"));
         }
-        for required in required_components(uri, headers, body) {
-            if !s.covers(&required) {
-                return Err(unauth(format!("the signature must cover {required:?}")));
-            }
-        }
-        if let Some(digest) = headers.get("content-digest") {
-            let digest = digest
-                .to_str()
-                .map_err(|_| unauth("Content-Digest is not visible ASCII"))?;
-            signature::verify_content_digest(digest, body).map_err(|e| unauth(e.0))?;
-        }
-        let view = MessageView::request(method, uri, headers);
-        let base = signature::signature_base(&view, None, &s.components, &s.params_line).map_err(|e| unauth(e.0))?;
-        signature::verify_ed25519(&key.public_key, &base, &s.signature).map_err(|e| unauth(e.0))?;
-        // Only a verified signature may use up a slot in the replay cache.
-        if let Some(nonce) = &s.nonce {
-            let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-            replay.insert(&key.keyid, nonce, created + max_age, now, self.rules.replay_capacity)?;
-        }
-        Ok((
-            key.principal(),
-            VerifiedSignature {
-                label: s.label.clone(),
-                keyid: key.keyid.clone(),
-            },
-        ))
+        Ok(created)
     }
 }
 
 /// What every request signature must cover: `@method`, `@path`, `@query` when there is
-/// one, `content-digest` when there is a body, and every `x-hero-*` header present.
+/// one, `content-digest` when there is a body, every `x-hero-*` header present, and
+/// `idempotency-key` when present (it decides whether a call runs or is answered from
+/// an earlier one, so nobody on the way may add or change it).
 pub fn required_components(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<String> {
     let mut required = vec!["@method".to_owned(), "@path".to_owned()];
     if uri.query().is_some() {
@@ -180,6 +190,9 @@ pub fn required_components(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<S
     hero.sort();
     hero.dedup();
     required.extend(hero);
+    if headers.contains_key("idempotency-key") {
+        required.push("idempotency-key".to_owned());
+    }
     required
 }
 

@@ -58,6 +58,8 @@ pub struct ListFilter {
 #[derive(Debug, Clone)]
 pub struct Viewer {
     pub principal: String,
+    /// The user the principal acts for: then only that user's runs are its own.
+    pub user: Option<String>,
     /// Claims that may approve (`None`: any, full trust).
     pub approver_claims: Option<Vec<String>>,
 }
@@ -182,7 +184,8 @@ impl RunStore {
     }
 
     /// The first run of `capability` that a principal, on behalf of `user`, started with an
-    /// idempotency key (not a replay of it), if any. Keys are scoped by all four.
+    /// idempotency key (not a replay of it), if any. Keys are scoped by all four, and only a
+    /// call that was forwarded or held for approval binds one (a refusal does not).
     pub async fn by_idempotency_key(
         &self,
         principal: &str,
@@ -195,7 +198,8 @@ impl RunStore {
             .call(move |conn| {
                 let sql = format!(
                     "SELECT {COLUMNS} FROM runs WHERE principal = ?1 AND COALESCE(on_behalf_of, '') = ?2
-                     AND name = ?3 AND idempotency_key = ?4 AND replay_of IS NULL"
+                     AND name = ?3 AND idempotency_key = ?4 AND replay_of IS NULL
+                     AND (started_at IS NOT NULL OR expires_at IS NOT NULL)"
                 );
                 conn.query_row(&sql, scope, from_row).optional()
             })
@@ -233,7 +237,11 @@ impl RunStore {
                 }
                 if let Some(viewer) = &filter.seen_by {
                     args.push(viewer.principal.clone().into());
-                    let own = format!("principal = ?{}", args.len());
+                    let mut own = format!("principal = ?{}", args.len());
+                    if let Some(user) = &viewer.user {
+                        args.push(user.clone().into());
+                        own = format!("({own} AND on_behalf_of = ?{})", args.len());
+                    }
                     let waiting = waiting_for(&viewer.approver_claims, &mut args);
                     sql.push_str(&format!(" AND ({own} OR {waiting})"));
                 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Transaction, params};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
@@ -163,128 +163,143 @@ pub(super) fn writer_loop(
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
+fn apply(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
     match op {
-        Op::Insert(run) => {
-            tx.prepare_cached(
-                "INSERT INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
-                 input_sha256, input, input_truncated, idempotency_key, decision, rule, approvers, status, result,
-                 result_truncated, error, approver, decision_note, created_at, started_at, finished_at, expires_at,
-                 on_behalf_of, replay_of, cancelled_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-                 ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
-            )?
-            .execute(params![
-                run.id,
-                run.parent_id,
-                run.name,
-                run.surface.as_str(),
-                run.principal,
-                serde_json::to_string(&run.chain).unwrap_or_default(),
-                run.context as i64,
-                run.claims.join(","),
-                run.service,
-                run.method,
-                run.input_sha256,
-                run.input,
-                run.input_truncated,
-                run.idempotency_key,
-                run.decision.as_str(),
-                run.rule,
-                serde_json::to_string(&run.approvers).unwrap_or_default(),
-                run.status.as_str(),
-                run.result,
-                run.result_truncated,
-                run.error.as_ref().map(Value::to_string),
-                run.approver,
-                run.decision_note,
-                run.created_at,
-                run.started_at,
-                run.finished_at,
-                run.expires_at,
-                run.chain.get(1),
-                run.replay_of,
-                run.cancelled_by,
-            ])?;
-            Ok(Applied {
-                rows: 1,
-                events: vec![RunEvent {
-                    id: run.id.clone(),
-                    status: run.status,
-                }],
-            })
-        }
-        Op::Transition { id, from, to, changes } => {
-            let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
-            let changed = tx
-                .prepare_cached(&format!(
-                    "UPDATE runs SET status = ?2,
-                       started_at = COALESCE(?3, started_at), finished_at = COALESCE(?4, finished_at),
-                       result = COALESCE(?5, result), result_truncated = (result_truncated OR ?6),
-                       error = COALESCE(?7, error), approver = COALESCE(?8, approver),
-                       decision_note = COALESCE(?9, decision_note), cancelled_by = COALESCE(?10, cancelled_by)
-                     WHERE id = ?1 AND status IN ({})",
-                    from.join(",")
-                ))?
-                .execute(params![
-                    id,
-                    to.as_str(),
-                    changes.started_at,
-                    changes.finished_at,
-                    changes.result,
-                    changes.result_truncated,
-                    changes.error.as_ref().map(Value::to_string),
-                    changes.approver,
-                    changes.decision_note,
-                    changes.cancelled_by,
-                ])?;
-            Ok(Applied {
-                rows: changed,
-                events: match changed {
-                    0 => Vec::new(),
-                    _ => vec![RunEvent {
-                        id: id.clone(),
-                        status: *to,
-                    }],
-                },
-            })
-        }
-        Op::ExpireDue { now } => {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE runs SET status = 'expired', finished_at = ?1
-                 WHERE status = 'awaiting_approval' AND expires_at <= ?1 RETURNING id",
-            )?;
-            let events: Vec<RunEvent> = stmt
-                .query_map([now], |r| r.get::<_, String>(0))?
-                .map(|id| {
-                    id.map(|id| RunEvent {
-                        id,
-                        status: RunStatus::Expired,
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(Applied {
-                rows: events.len(),
-                events,
-            })
-        }
-        Op::Prune { before, status } => {
-            let finals: Vec<String> = RunStatus::ALL
-                .iter()
-                .filter(|s| s.is_final() && status.is_none_or(|wanted| wanted == **s))
-                .map(|s| format!("'{}'", s.as_str()))
-                .collect();
-            let deleted = tx.execute(
-                &format!(
-                    "DELETE FROM runs WHERE created_at < ?1 AND status IN ({})",
-                    finals.join(",")
-                ),
-                [before],
-            )?;
-            Ok(Applied {
-                rows: deleted,
-                events: Vec::new(),
-            })
-        }
+        Op::Insert(run) => insert(tx, run),
+        Op::Transition { id, from, to, changes } => transition(tx, id, from, *to, changes),
+        Op::ExpireDue { now } => expire_due(tx, *now),
+        Op::Prune { before, status } => prune(tx, *before, *status),
     }
+}
+
+fn insert(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<Applied> {
+    tx.prepare_cached(
+        "INSERT INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
+             input_sha256, input, input_truncated, idempotency_key, decision, rule, approvers, status, result,
+             result_truncated, error, approver, decision_note, created_at, started_at, finished_at, expires_at,
+             on_behalf_of, replay_of, cancelled_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
+             ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
+    )?
+    .execute(params![
+        run.id,
+        run.parent_id,
+        run.name,
+        run.surface.as_str(),
+        run.principal,
+        serde_json::to_string(&run.chain).unwrap_or_default(),
+        run.context as i64,
+        run.claims.join(","),
+        run.service,
+        run.method,
+        run.input_sha256,
+        run.input,
+        run.input_truncated,
+        run.idempotency_key,
+        run.decision.as_str(),
+        run.rule,
+        serde_json::to_string(&run.approvers).unwrap_or_default(),
+        run.status.as_str(),
+        run.result,
+        run.result_truncated,
+        run.error.as_ref().map(Value::to_string),
+        run.approver,
+        run.decision_note,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.expires_at,
+        run.chain.get(1),
+        run.replay_of,
+        run.cancelled_by,
+    ])?;
+    Ok(Applied {
+        rows: 1,
+        events: vec![RunEvent {
+            id: run.id.clone(),
+            status: run.status,
+        }],
+    })
+}
+
+/// Moves run `id` from one of `from` to `to`, setting what `changes` sets.
+fn transition(
+    tx: &Transaction<'_>,
+    id: &str,
+    from: &[RunStatus],
+    to: RunStatus,
+    changes: &Changes,
+) -> rusqlite::Result<Applied> {
+    let from: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    let changed = tx
+        .prepare_cached(&format!(
+            "UPDATE runs SET status = ?2,
+                   started_at = COALESCE(?3, started_at), finished_at = COALESCE(?4, finished_at),
+                   result = COALESCE(?5, result), result_truncated = (result_truncated OR ?6),
+                   error = COALESCE(?7, error), approver = COALESCE(?8, approver),
+                   decision_note = COALESCE(?9, decision_note), cancelled_by = COALESCE(?10, cancelled_by)
+                 WHERE id = ?1 AND status IN ({})",
+            from.join(",")
+        ))?
+        .execute(params![
+            id,
+            to.as_str(),
+            changes.started_at,
+            changes.finished_at,
+            changes.result,
+            changes.result_truncated,
+            changes.error.as_ref().map(Value::to_string),
+            changes.approver,
+            changes.decision_note,
+            changes.cancelled_by,
+        ])?;
+    Ok(Applied {
+        rows: changed,
+        events: match changed {
+            0 => Vec::new(),
+            _ => vec![RunEvent {
+                id: id.to_owned(),
+                status: to,
+            }],
+        },
+    })
+}
+
+fn expire_due(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<Applied> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE runs SET status = 'expired', finished_at = ?1
+             WHERE status = 'awaiting_approval' AND expires_at <= ?1 RETURNING id",
+    )?;
+    let events: Vec<RunEvent> = stmt
+        .query_map([now], |r| r.get::<_, String>(0))?
+        .map(|id| {
+            id.map(|id| RunEvent {
+                id,
+                status: RunStatus::Expired,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Applied {
+        rows: events.len(),
+        events,
+    })
+}
+
+fn prune(tx: &Transaction<'_>, before: i64, status: Option<RunStatus>) -> rusqlite::Result<Applied> {
+    let finals: Vec<String> = RunStatus::ALL
+        .iter()
+        .filter(|s| s.is_final() && status.is_none_or(|wanted| wanted == **s))
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    let deleted = tx.execute(
+        &format!(
+            "DELETE FROM runs WHERE created_at < ?1 AND status IN ({})",
+            finals.join(",")
+        ),
+        [before],
+    )?;
+    Ok(Applied {
+        rows: deleted,
+        events: Vec::new(),
+    })
 }

@@ -2,9 +2,11 @@
 //! where `<service>` is a valid, unreserved name other than ours, the service directory is
 //! a real directory and the socket a real socket (neither is a symbolic link), and the
 //! socket is none of the executor's own. After connecting, the listener on the other end
-//! must be bound at that very socket file, so a second name for a socket (a hard link to
-//! ours or to another service's) is refused too: a guard written for one name cannot be
-//! dodged through another, and the executor never calls itself.
+//! must be bound at that very path (a Unix socket reports where its listener was bound,
+//! whatever name the client used), so a second name for a socket (a hard link to ours or
+//! to another service's) is refused too: a guard written for one name cannot be dodged
+//! through another, and the executor never calls itself. The checks are a few `lstat`s,
+//! made when a connection is opened (connections are pooled), not per call.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use crate::SERVICE_NAME;
 use crate::access;
 use crate::intent::is_service_name;
 
-/// The sockets a target must not be: the executor's own, and the directory they live in.
+/// The sockets a target must not be: the executor's own.
 #[derive(Debug, Clone, Default)]
 pub struct OwnSockets {
     pub paths: Vec<PathBuf>,
@@ -63,16 +65,18 @@ impl OwnSockets {
     }
 }
 
-/// Checks, once connected, that the listener is bound at the socket file `id` that was
-/// checked: a Unix socket reports the path its listener was bound to, whatever name the
-/// client used to reach it.
+/// Checks, once connected, that the listener is bound at `socket` itself (the file `id`
+/// that was checked), not at another name for it.
 pub fn check_peer(stream: &tokio::net::UnixStream, socket: &Path, id: FileId) -> Result<(), String> {
     let peer = stream.peer_addr().map_err(|e| format!("{}: {e}", socket.display()))?;
     let bound = peer
         .as_pathname()
         .ok_or_else(|| format!("{}: the listener has no path", socket.display()))?;
-    let same = std::fs::metadata(bound).is_ok_and(|m| (m.dev(), m.ino()) == id);
-    if !same {
+    // A hard link has the same inode under another path: both must agree.
+    let same_file = std::fs::metadata(bound).is_ok_and(|m| (m.dev(), m.ino()) == id);
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let same_path = canonical(bound).is_some_and(|b| Some(b) == canonical(socket));
+    if !(same_file && same_path) {
         return Err(format!(
             "{} is another name for the socket bound at {}",
             socket.display(),

@@ -176,10 +176,21 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let (caller, direct) = self.caller(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
+        let key = context
+            .extensions
+            .get::<http::request::Parts>()
+            .map(|parts| super::openrpc::idempotency_key(&parts.headers))
+            .transpose()
+            .map(Option::flatten);
         let command = match direct {
             true => direct_command(&self.state, &caller, &request.name, args),
             false => meta_command(&request.name, args),
-        };
+        }
+        // An `Idempotency-Key` header applies to a capability call (other tools ignore it).
+        .and_then(|command| match (command, key?) {
+            (command @ Command::Execute(_), key) => command.with_idempotency_key(key),
+            (command, _) => Ok(command),
+        });
         let outcome = match command {
             Ok(command) => command.apply(&self.state.dispatcher, &caller, Surface::Mcp).await,
             Err(error) => Err(error.into()),

@@ -12,6 +12,7 @@ use axum::response::Response;
 use http::{Method, StatusCode};
 use serde_json::Value;
 
+use crate::dispatch::actor;
 use crate::error::ExecError;
 use crate::error::render::jsonrpc_error;
 use crate::intent::Caller;
@@ -41,7 +42,8 @@ pub async fn guard(State(sessions): State<Sessions>, request: Request, next: Nex
     {
         return jsonrpc_error(&ExecError::Parse(e.to_string()), &Value::Null, StatusCode::BAD_REQUEST);
     }
-    let principal = request.extensions().get::<Caller>().map(|c| c.principal.id.clone());
+    // The owner is the principal and the user it acts for.
+    let principal = request.extensions().get::<Caller>().map(actor);
     let session = request
         .headers()
         .get(SESSION_HEADER)
