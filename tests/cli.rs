@@ -113,6 +113,11 @@ async fn keygen_enrol_call_list_revoke() {
         .unwrap()
         .to_owned();
     assert!(out.lines().nth(1).unwrap().contains("echo.counter.reset"), "{out}");
+    // The approver's inbox holds it; the agent's own does not (nobody approves their own run).
+    let inbox = ok(&cli(&node, &["runs", "list", "--inbox"]));
+    assert!(inbox.contains(&run_id), "{inbox}");
+    let agents = ok(&cli(&node, &[&["runs", "list", "--inbox"][..], &signed].concat()));
+    assert!(!agents.contains(&run_id), "{agents}");
     let out = ok(&cli(&node, &["runs", "approve", &run_id, "--note", "fine"]));
     assert!(out.contains("approved"), "{out}");
     let out = ok(&cli(&node, &[&["runs", "wait", run_id.as_str()][..], &signed].concat()));
