@@ -77,6 +77,7 @@ fn signature_verification(c: &mut Criterion) {
             verifier
                 .verify(&Method::POST, &uri, &headers, body, hero_executor::now_unix())
                 .unwrap()
+                .principal
         })
     });
 
@@ -142,7 +143,7 @@ fn big_catalog() -> Snapshot {
         let name = format!("svc{s}");
         snapshot.services.insert(
             name.clone(),
-            Arc::new(parse_service(&name, &doc, String::new()).unwrap()),
+            Arc::new(parse_service(&name, &doc, String::new(), &Default::default()).unwrap()),
         );
     }
     assert_eq!(snapshot.capabilities().count(), 10_000);

@@ -37,6 +37,8 @@ pub struct Config {
     pub max_response_bytes: usize,
     /// A request's headers must arrive within this.
     pub header_read_timeout: Duration,
+    /// A request's body must arrive within this (after its headers).
+    pub body_read_timeout: Duration,
     /// Largest request head (request line and headers).
     pub max_header_bytes: usize,
     /// Largest JSON-RPC batch.
@@ -53,6 +55,12 @@ pub struct Config {
     pub rate_limit: (f64, f64),
     /// Requests in flight across all listeners; more are shed with 503.
     pub max_concurrent: usize,
+    /// Requests in flight for one peer and claimed identity; more are shed with 503.
+    pub max_concurrent_per_peer: usize,
+    /// MCP sessions and event streams.
+    pub mcp: crate::adapters::mcp::McpLimits,
+    /// What one service's spec may cost.
+    pub spec_limits: crate::catalog::SpecLimits,
     /// Calls in flight to one target service; more wait (within their timeout).
     pub max_per_target: usize,
     /// Policy file (`None`: the embedded default).
@@ -73,6 +81,7 @@ impl Config {
             max_response_bytes: 16 * 1024 * 1024,
             max_batch: 100,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             unsigned_local: UnsignedLocal::Owner,
             catalog_refresh: Duration::from_secs(30),
@@ -81,6 +90,9 @@ impl Config {
             policy: None,
             rate_limit: (1000.0, 2000.0),
             max_concurrent: 1024,
+            max_concurrent_per_peer: 256,
+            mcp: Default::default(),
+            spec_limits: Default::default(),
             max_per_target: 64,
             core: crate::dispatch::CoreConfig {
                 call_timeout: Duration::from_secs(30),

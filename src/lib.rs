@@ -57,13 +57,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::Response;
 use http::Request;
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -112,6 +109,8 @@ pub struct AppState {
     pub rate_limiter: Arc<limits::RateLimiter>,
     /// Requests in flight across every listener.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight per peer and claimed identity.
+    pub admission: Arc<limits::Admission>,
     /// Who opened each MCP session (shared by every listener that serves `/mcp`).
     pub mcp_sessions: adapters::mcp::Sessions,
 }
@@ -131,13 +130,17 @@ impl AppState {
         };
         let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes, own.clone())
             .with_target_limit(config.max_per_target);
-        let catalog = Arc::new(Catalog::new(
-            upstream.clone(),
-            config.socket_dir.clone(),
-            config.discover_timeout,
-            own,
-        ));
+        let catalog = Arc::new(
+            Catalog::new(
+                upstream.clone(),
+                config.socket_dir.clone(),
+                config.discover_timeout,
+                own,
+            )
+            .with_spec_limits(config.spec_limits),
+        );
         let own_uid = rustix::process::geteuid().as_raw();
+        let mcp = config.mcp;
         let core = dispatch::CoreConfig {
             local_owner: (config.unsigned_local == config::UnsignedLocal::Owner)
                 .then(|| Principal::local_owner(own_uid)),
@@ -156,11 +159,12 @@ impl AppState {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
             rate_limiter: Arc::new(limits::RateLimiter::new(config.rate_limit.0, config.rate_limit.1)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
+            admission: Arc::new(limits::Admission::new(config.max_concurrent_per_peer)),
             config: Arc::new(config),
             dispatcher,
             server_key,
             own_uid,
-            mcp_sessions: Default::default(),
+            mcp_sessions: adapters::mcp::Sessions::new(mcp),
         })
     }
 }
@@ -211,23 +215,23 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             error::render::reject_path("/", ExecError::Internal("handler panicked".into()))
         }))
-        // Past the global concurrency limit, requests are shed at once (503) rather than
-        // queued: before any buffering, so an overload costs next to nothing.
-        .layer(HandleErrorLayer::new(limits::shed))
-        .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(state.in_flight.clone()))
-        // Bodies are buffered once under the limit, before anything reads them.
-        .layer(from_fn_with_state(state.config.max_body_bytes, limits::buffer_body))
-        // Who is asking: needs the buffered body (open rpc.discover, content digests).
+        // Admission before any buffering: identity checks the head allows, then a slot of the
+        // peer's and one of all, or 503 at once; health checks always pass.
+        .layer(from_fn_with_state(state.clone(), limits::admit))
+        // Bodies are buffered once under the size limit and the read deadline.
+        .layer(from_fn_with_state(state.clone(), limits::buffer_body))
+        // Who is asking: needs the buffered body (open rpc.discover, content digests). Applies
+        // the principal's rate limit before a signature's nonce is remembered.
         .layer(identity::IdentityLayer::new(state.clone()))
         // Answers to signed (or Accept-Signature) requests are signed, including rejections
         // from the layers below.
         .layer(from_fn_with_state(state.clone(), identity::respond::sign_response))
-        // Per-principal rate limits: needs the principal, so after identity.
-        .layer(from_fn_with_state(state.clone(), limits::rate_limit))
         // Hero context and claims narrow the verified principal into a Caller.
         .layer(from_fn(identity::context::hero_context));
     routes
+        // Bodies are limited once, by `limits::buffer_body` (`--max-body-bytes`), not by
+        // axum's own 2 MiB default for extractors.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(stack)

@@ -181,12 +181,23 @@ pub fn running_pid(config: &Config) -> Option<i32> {
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
+/// How long serving waits for the first catalog refresh.
+const FIRST_REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// (at most `config.drain_timeout`) and removes the socket files.
 pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = ()> + Send) {
     let config = state.config.clone();
     let catalog = state.dispatcher.catalog().clone();
-    let report = catalog.refresh().await;
-    tracing::info!(services = ?report.services, capabilities = report.capabilities, "catalog ready");
+    // Services that answer are published as they answer; one that never does must not keep
+    // the daemon from serving (calls discover a service they miss on the spot).
+    let first = tokio::spawn({
+        let catalog = catalog.clone();
+        async move {
+            let report = catalog.refresh().await;
+            tracing::info!(services = ?report.services, capabilities = report.capabilities, "catalog ready");
+        }
+    });
+    let _ = tokio::time::timeout(FIRST_REFRESH_WAIT, first).await;
     let watcher = catalog::watch::spawn(catalog, config.socket_dir.clone(), config.catalog_refresh);
     let housekeeping = state.dispatcher.spawn_housekeeping();
     let reloader = spawn_policy_reloader(state.clone());
@@ -267,8 +278,9 @@ impl Accept for UnixListener {
     type Io = tokio::net::UnixStream;
     async fn accept(&self) -> std::io::Result<(Self::Io, Peer)> {
         let (stream, _) = UnixListener::accept(self).await?;
-        let uid = stream.peer_cred().ok().map(|c| c.uid());
-        Ok((stream, Peer::Unix { uid }))
+        let cred = stream.peer_cred().ok();
+        let (uid, pid) = (cred.map(|c| c.uid()), cred.and_then(|c| c.pid()));
+        Ok((stream, Peer::Unix { uid, pid }))
     }
 }
 

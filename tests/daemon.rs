@@ -26,8 +26,12 @@ fn gate() -> (Router, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
                     json!({"openrpc": "1.3.2", "info": {"title": "gate", "version": "1"},
                            "methods": [{"name": "hold", "params": []}]})
                 } else {
+                    // Waiting before telling: a release sent right after the arrival is not missed.
+                    let notified = released.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
                     let _ = arrived.send(());
-                    released.notified().await;
+                    notified.await;
                     json!("released")
                 };
                 (

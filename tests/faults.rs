@@ -28,8 +28,12 @@ fn gate(name: &'static str) -> (Router, mpsc::UnboundedReceiver<()>, Arc<Notify>
                     json!({"openrpc": "1.3.2", "info": {"title": name, "version": "1"},
                            "methods": [{"name": "hold", "params": [], "x-hero-intent": {"side_effect_class": "read"}}]})
                 } else {
+                    // Waiting before telling: a release sent right after the arrival is not missed.
+                    let notified = released.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
                     let _ = tx.send(());
-                    released.notified().await;
+                    notified.await;
                     json!("released")
                 };
                 json!({"jsonrpc": "2.0", "id": request["id"], "result": result}).to_string()
@@ -101,10 +105,17 @@ async fn overload_is_shed_not_queued() {
     arrived.recv().await.unwrap();
     arrived.recv().await.unwrap();
     let started = Instant::now();
-    let shed = get(&sock, "/health").await;
+    let shed = post_rpc(
+        &sock,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "catalog.list"}),
+        &[],
+    )
+    .await;
     assert_eq!(shed.status, 503);
     assert_eq!(error_code(&shed.json()), -32029);
     assert!(started.elapsed() < Duration::from_secs(2), "shed at once, not queued");
+    // Health checks are never shed: a busy daemon is not a dead one.
+    assert_eq!(get(&sock, "/health").await.status, 200);
     release.notify_waiters();
     for call in held {
         assert_eq!(call.await.unwrap()["result"], "released");

@@ -59,6 +59,15 @@ async fn handle(
             jsonrpc_error(&error, &Value::Null, StatusCode::OK)
         }
         Incoming::Batch(items) => {
+            // The identity layer took one token for the request; a batch pays one per call.
+            if let Some(caller) = &caller
+                && let Err(retry_after_s) = state.rate_limiter.check(&caller.principal.id, items.len() - 1)
+            {
+                let error = ExecError::RateLimited { retry_after_s };
+                let mut response = jsonrpc_error(&error, &Value::Null, StatusCode::TOO_MANY_REQUESTS);
+                response.headers_mut().insert(header::RETRY_AFTER, retry_after_s.into());
+                return response;
+            }
             let replies = items
                 .into_iter()
                 .map(|item| answer(&state, caller.as_ref(), item, None));

@@ -19,14 +19,12 @@ pub fn document<'a>(snapshot: &Snapshot, caps: impl Iterator<Item = &'a Arc<Capa
         let Some(service) = snapshot.services.get(&cap.service) else {
             continue;
         };
+        // Where the parser found it: no search per capability.
         let original = service
             .document
             .get("methods")
             .and_then(Value::as_array)
-            .and_then(|ms| {
-                ms.iter()
-                    .find(|m| m.get("name").and_then(Value::as_str) == Some(&cap.method))
-            });
+            .and_then(|ms| ms.get(cap.index));
         let Some(original) = original else {
             continue;
         };

@@ -6,20 +6,22 @@
 //! are reused without re-parsing.
 
 mod aggregate;
+mod parse;
+mod schema;
 pub mod spec;
 pub mod watch;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::upstream::Upstream;
 use crate::upstream::socket::{OwnSockets, is_target_name};
-pub use spec::{Capability, HeroIntent, ServiceSpec};
+pub use spec::{Capability, HeroIntent, ServiceSpec, SpecLimits};
 
 /// A consistent view of the catalog at one moment.
 #[derive(Debug, Default)]
@@ -63,10 +65,16 @@ pub struct Catalog {
     socket_dir: PathBuf,
     /// The executor's own sockets, never discovered as a target.
     own: Arc<OwnSockets>,
+    /// What one service's spec may cost.
+    limits: SpecLimits,
     discover_timeout: Duration,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// Serializes refreshes so two never race to publish.
-    refresh_lock: tokio::sync::Mutex<()>,
+    /// Serializes publishing (not probing): two refreshes never race to swap snapshots.
+    publish_lock: tokio::sync::Mutex<()>,
+    /// Services whose probe failed, not probed again until their back-off passes.
+    backoff: Backoff,
+    /// One parse per service at a time, and the spec each parsed last.
+    parsing: Parsing,
     changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -77,11 +85,20 @@ impl Catalog {
             upstream,
             socket_dir,
             own: Arc::new(own),
+            limits: SpecLimits::default(),
             discover_timeout,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
-            refresh_lock: tokio::sync::Mutex::new(()),
+            publish_lock: tokio::sync::Mutex::new(()),
+            backoff: Backoff::default(),
+            parsing: Parsing::default(),
             changes: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Bounds what one service's spec may cost (default [`SpecLimits::default`]).
+    pub fn with_spec_limits(mut self, limits: SpecLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The current snapshot.
@@ -119,44 +136,88 @@ impl Catalog {
         self.refresh_inner(Some(services)).await
     }
 
+    /// Probes the candidates (all of the socket directory, or `only` these) without holding
+    /// any lock, and publishes each probe's finding onto the latest snapshot as it comes in:
+    /// a service that never answers delays nobody but its own entry. On a miss (`only`), a
+    /// service whose probe failed is not probed again until its back-off passes (1 s,
+    /// doubling up to a minute), so calls to a service that never answers do not each wait.
     async fn refresh_inner(&self, only: Option<&[String]>) -> RefreshReport {
-        let _guard = self.refresh_lock.lock().await;
         let old = self.snapshot();
         let candidates: Vec<String> = match only {
             Some(names) => names.iter().filter(|n| is_target_name(n)).cloned().collect(),
             None => self.scan_socket_dir().await,
         };
-        let probes = candidates.iter().map(|name| self.probe(name, old.services.get(name)));
-        let results = futures::future::join_all(probes).await;
-
-        let mut services = match only {
-            Some(_) => old.services.clone(),
-            None => BTreeMap::new(),
-        };
-        let mut unavailable = match only {
-            Some(_) => old.unavailable.clone(),
-            None => BTreeMap::new(),
-        };
-        for (name, result) in candidates.iter().zip(results) {
-            services.remove(name);
-            unavailable.remove(name);
-            match result {
+        if only.is_none() {
+            // Gone since the last look (a service published meanwhile by a miss stays).
+            self.update(|services, unavailable| {
+                for name in old.services.keys().chain(old.unavailable.keys()) {
+                    if !candidates.contains(name) {
+                        services.remove(name);
+                        unavailable.remove(name);
+                    }
+                }
+            })
+            .await;
+        }
+        let previous = &old;
+        let mut probes: futures::stream::FuturesUnordered<_> = candidates
+            .iter()
+            .filter(|name| only.is_none() || self.backoff.due(name))
+            .map(|name| async move { (name, self.probe(name, previous.services.get(name)).await) })
+            .collect();
+        while let Some((name, result)) = futures::StreamExt::next(&mut probes).await {
+            let result = match result {
                 Ok(spec) => {
-                    services.insert(name.clone(), spec);
+                    self.backoff.succeeded(name);
+                    Some(Ok(spec))
                 }
                 Err(why) if self.socket_path(name).exists() => {
                     tracing::warn!(service = %name, error = %why, "service not added to the catalog");
-                    unavailable.insert(name.clone(), why);
+                    self.backoff.failed(name);
+                    Some(Err(why))
                 }
-                Err(_) => {}
-            }
+                Err(_) => None,
+            };
+            self.update(|services, unavailable| {
+                services.remove(name);
+                unavailable.remove(name);
+                match result {
+                    Some(Ok(spec)) => drop(services.insert(name.clone(), spec)),
+                    Some(Err(why)) => drop(unavailable.insert(name.clone(), why)),
+                    None => {}
+                }
+            })
+            .await;
         }
-        let report = diff(&old, &services, &unavailable);
-        let mut departed: BTreeSet<String> = old.departed.clone();
+        let now = self.snapshot();
+        diff(&old, &now.services, &now.unavailable)
+    }
+
+    /// Applies `change` to the latest snapshot's services and publishes the result.
+    async fn update(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, Arc<ServiceSpec>>, &mut BTreeMap<String, String>),
+    ) {
+        let _publishing = self.publish_lock.lock().await;
+        let latest = self.snapshot();
+        let (mut services, mut unavailable) = (latest.services.clone(), latest.unavailable.clone());
+        change(&mut services, &mut unavailable);
+        self.publish(&latest, services, unavailable);
+    }
+
+    /// Swaps in the next snapshot and tells subscribers when the capabilities changed.
+    fn publish(
+        &self,
+        latest: &Snapshot,
+        services: BTreeMap<String, Arc<ServiceSpec>>,
+        unavailable: BTreeMap<String, String>,
+    ) {
+        let report = diff(latest, &services, &unavailable);
+        let mut departed: BTreeSet<String> = latest.departed.clone();
         departed.extend(report.removed.iter().cloned());
         departed.retain(|name| !services.contains_key(name));
         let changed = !report.added.is_empty() || !report.removed.is_empty() || !report.changed.is_empty();
-        let generation = old.generation + u64::from(changed);
+        let generation = latest.generation + u64::from(changed);
         let next = Snapshot {
             services,
             unavailable,
@@ -171,7 +232,6 @@ impl Catalog {
             );
             self.changes.send_replace(generation);
         }
-        report
     }
 
     /// Names of subdirectories that hold a socket that may be called as a target
@@ -214,15 +274,88 @@ impl Catalog {
         if let Some(previous) = previous.filter(|p| p.fingerprint == fingerprint) {
             return Ok(previous.clone());
         }
-        let service = name.to_owned();
+        // One parse of a service at a time, and none of a spec just parsed: two refreshes
+        // racing (the watch and a `catalog.refresh`) must not each build a large catalog.
+        let turn = self.parsing.turn(name);
+        let _turn = turn.lock().await;
+        if let Some(parsed) = self.parsing.recent(name, &fingerprint) {
+            return Ok(parsed);
+        }
+        let (service, limits) = (name.to_owned(), self.limits);
         // Parsing and compiling schemas is CPU work: keep it off the async threads.
-        let parsed = tokio::task::spawn_blocking(move || spec::parse_service(&service, &raw, fingerprint))
+        let parsed = tokio::task::spawn_blocking(move || spec::parse_service(&service, &raw, fingerprint, &limits))
             .await
             .map_err(|e| format!("parser task failed: {e}"))??;
         for warning in &parsed.warnings {
             tracing::warn!(service = %name, %warning, "method skipped or degraded");
         }
-        Ok(Arc::new(parsed))
+        let parsed = Arc::new(parsed);
+        self.parsing.keep(name, &parsed);
+        Ok(parsed)
+    }
+}
+
+/// Per service: a lock its parses take turns on, and the spec it parsed last (so a parse
+/// that waited its turn reuses what the one before it built).
+#[derive(Default)]
+struct Parsing {
+    services: Mutex<HashMap<String, ParseTurn>>,
+}
+
+/// A service's parse lock, and the spec it parsed last (while the catalog holds it).
+type ParseTurn = (Arc<tokio::sync::Mutex<()>>, Option<Weak<ServiceSpec>>);
+
+impl Parsing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ParseTurn>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn turn(&self, service: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock().entry(service.to_owned()).or_default().0.clone()
+    }
+
+    /// The spec last parsed for `service`, if it is still held and has this fingerprint.
+    fn recent(&self, service: &str, fingerprint: &str) -> Option<Arc<ServiceSpec>> {
+        let services = self.lock();
+        let spec = services.get(service)?.1.as_ref()?.upgrade()?;
+        (spec.fingerprint == fingerprint).then_some(spec)
+    }
+
+    fn keep(&self, service: &str, spec: &Arc<ServiceSpec>) {
+        self.lock().entry(service.to_owned()).or_default().1 = Some(Arc::downgrade(spec));
+    }
+}
+
+/// Per service, when its probe may run again after failing: 1 s, doubling up to a minute.
+#[derive(Default)]
+struct Backoff {
+    services: Mutex<HashMap<String, (Instant, Duration)>>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MOST: Duration = Duration::from_secs(60);
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Duration)>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn due(&self, service: &str) -> bool {
+        self.lock()
+            .get(service)
+            .is_none_or(|(until, _)| Instant::now() >= *until)
+    }
+
+    fn failed(&self, service: &str) {
+        let mut services = self.lock();
+        let delay = services
+            .get(service)
+            .map_or(Self::FIRST, |(_, delay)| (*delay * 2).min(Self::MOST));
+        services.insert(service.to_owned(), (Instant::now() + delay, delay));
+    }
+
+    fn succeeded(&self, service: &str) {
+        self.lock().remove(service);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Turns one service's OpenRPC document into capabilities: compiled params schemas,
-//! result schema, description and `x-hero-intent` (DESIGN section 9).
+//! Capabilities: one method of one service, with its compiled params schema, result
+//! schema, description and `x-hero-intent` (DESIGN section 9); the parser is in `parse`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,16 +117,16 @@ pub struct Capability {
     /// Param content descriptors, `$ref`s to `components/contentDescriptors` resolved.
     pub params: Vec<Value>,
     pub param_structure: ParamStructure,
-    /// Params as one JSON Schema object (used for validation, `describe` and MCP tools).
-    pub params_schema: Value,
+    /// The service's `components`, shared by all its capabilities (never copied per method).
+    pub(crate) components: Arc<Value>,
     /// The result content descriptor, if declared.
     pub result: Option<Value>,
     pub errors: Vec<Value>,
     pub intent: HeroIntent,
-    /// Why the params schema could not be compiled (calls are then validated by the target only).
-    pub schema_error: Option<String>,
-    validator: Option<jsonschema::Validator>,
-    param_names: Vec<String>,
+    pub(crate) validator: Option<jsonschema::Validator>,
+    /// Where the method stands in the service's document (`methods[index]`).
+    pub(crate) index: usize,
+    pub(crate) param_names: Vec<String>,
     /// The name, lowercased once for search.
     pub(crate) search_name: String,
     /// Summary and description, lowercased once for search.
@@ -200,12 +200,24 @@ impl Capability {
             "description": self.description,
             "params": self.params,
             "paramStructure": self.param_structure,
-            "params_schema": self.params_schema,
+            "params_schema": self.params_schema(),
             "result": self.result,
             "errors": self.errors,
             "x-hero-intent": self.intent,
-            "schema_error": self.schema_error,
         })
+    }
+
+    /// The params schema with the components it refers to (and only those) beside it, so it
+    /// stands on its own (`describe`, MCP `inputSchema`).
+    pub fn params_schema(&self) -> Value {
+        let (schema, _) = super::parse::params_schema(&self.params);
+        super::schema::with_components(&schema, &self.components)
+    }
+
+    /// The result schema, self-contained like [`Capability::params_schema`].
+    pub fn result_schema(&self) -> Option<Value> {
+        let schema = self.result.as_ref()?.get("schema")?;
+        Some(super::schema::with_components(schema, &self.components))
     }
 }
 
@@ -223,137 +235,7 @@ pub struct ServiceSpec {
     pub warnings: Vec<String>,
 }
 
-/// Parses a service's OpenRPC document. Fails only when the document is unusable as a
-/// whole; individual bad methods become warnings.
-pub fn parse_service(service: &str, raw: &str, fingerprint: String) -> Result<ServiceSpec, String> {
-    let document: Value = serde_json::from_str(raw).map_err(|e| format!("rpc.discover result is not JSON: {e}"))?;
-    let methods = document
-        .get("methods")
-        .and_then(Value::as_array)
-        .ok_or("rpc.discover result has no \"methods\" array (not an OpenRPC document)")?;
-    let components = document.get("components").cloned();
-    let mut capabilities = BTreeMap::new();
-    let mut warnings = Vec::new();
-    for method in methods {
-        match parse_method(service, method, components.as_ref()) {
-            Ok(cap) => {
-                if capabilities.insert(cap.method.clone(), Arc::new(cap)).is_some() {
-                    warnings.push("duplicate method name; the last one wins".to_owned());
-                }
-            }
-            Err(why) => warnings.push(why),
-        }
-    }
-    Ok(ServiceSpec {
-        name: service.to_owned(),
-        fingerprint,
-        document,
-        capabilities,
-        warnings,
-    })
-}
-
-fn parse_method(service: &str, method: &Value, components: Option<&Value>) -> Result<Capability, String> {
-    let name = method
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or("a method without a name was skipped")?;
-    if name.starts_with("rpc.") {
-        return Err(format!("{name}: rpc.* methods are protocol methods, not capabilities"));
-    }
-    // Names are bounded and printable: a name that reads as another must not become one.
-    crate::access::check_name(&format!("{service}.{name}")).map_err(|why| {
-        let shown: String = name.chars().take(64).collect();
-        format!("method {shown:?} skipped: {why}")
-    })?;
-    let text = |key: &str| method.get(key).and_then(Value::as_str).map(str::to_owned);
-    let params: Vec<Value> = method
-        .get("params")
-        .and_then(Value::as_array)
-        .map(|list| list.iter().map(|p| resolve_descriptor(p, components)).collect())
-        .unwrap_or_default();
-    let param_structure = match method.get("paramStructure").and_then(Value::as_str) {
-        Some("by-name") => ParamStructure::ByName,
-        Some("by-position") => ParamStructure::ByPosition,
-        _ => ParamStructure::Either,
-    };
-    let (params_schema, param_names) = params_schema(name, &params, components)?;
-    // OpenRPC 1.3 schemas are JSON Schema draft-07; nothing is ever fetched over the network.
-    let compiled = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft7)
-        .build(&params_schema);
-    let (validator, schema_error) = match compiled {
-        Ok(v) => (Some(v), None),
-        Err(e) => (None, Some(format!("params schema does not compile: {e}"))),
-    };
-    let search_text = format!(
-        "{} {}",
-        text("summary").unwrap_or_default(),
-        text("description").unwrap_or_default()
-    )
-    .to_lowercase();
-    Ok(Capability {
-        search_name: format!("{service}.{name}").to_lowercase(),
-        search_text,
-        name: format!("{service}.{name}"),
-        service: service.to_owned(),
-        method: name.to_owned(),
-        summary: text("summary"),
-        description: text("description"),
-        params,
-        param_structure,
-        params_schema,
-        result: method.get("result").map(|r| resolve_descriptor(r, components)),
-        errors: method
-            .get("errors")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
-        intent: HeroIntent::from_method(method),
-        schema_error,
-        validator,
-        param_names,
-    })
-}
-
-/// The JSON Schema of a method's params as one object (by name), with `components` beside
-/// the properties so `#/components/...` refs resolve locally; and the params' names in order.
-fn params_schema(name: &str, params: &[Value], components: Option<&Value>) -> Result<(Value, Vec<String>), String> {
-    let mut properties = Map::new();
-    let mut required = Vec::new();
-    let mut param_names = Vec::new();
-    for param in params {
-        let pname = param
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{name}: a param without a name"))?;
-        properties.insert(pname.to_owned(), param.get("schema").cloned().unwrap_or(json!({})));
-        if param.get("required").and_then(Value::as_bool).unwrap_or(false) {
-            required.push(Value::String(pname.to_owned()));
-        }
-        param_names.push(pname.to_owned());
-    }
-    let mut params_schema = json!({ "type": "object", "properties": properties });
-    if !required.is_empty() {
-        params_schema["required"] = Value::Array(required);
-    }
-    // Keep `components` beside the properties so `#/components/...` refs resolve locally.
-    if let Some(components) = components {
-        params_schema["components"] = components.clone();
-    }
-    Ok((params_schema, param_names))
-}
-
-/// Resolves `{"$ref": "#/components/contentDescriptors/X"}` to the descriptor itself.
-fn resolve_descriptor(descriptor: &Value, components: Option<&Value>) -> Value {
-    let target = descriptor
-        .get("$ref")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix("#/components/contentDescriptors/"))
-        .and_then(|key| components?.get("contentDescriptors")?.get(key));
-    target.unwrap_or(descriptor).clone()
-}
+pub use super::parse::{SpecLimits, parse_service};
 
 #[cfg(test)]
 mod tests {
@@ -378,7 +260,7 @@ mod tests {
 
     #[test]
     fn parses_methods_refs_and_intent() {
-        let spec = parse_service("calc", DOC, "f".into()).unwrap();
+        let spec = parse_service("calc", DOC, "f".into(), &SpecLimits::default()).unwrap();
         assert_eq!(spec.capabilities.len(), 2);
         assert_eq!(spec.warnings.len(), 1);
         let add = &spec.capabilities["add"];
@@ -386,7 +268,6 @@ mod tests {
         assert_eq!(add.intent.side_effect_class, SideEffect::Read);
         // Unknown values are treated as the most restrictive known value.
         assert_eq!(add.intent.idempotency, Idempotency::ReplayUnsafe);
-        assert!(add.schema_error.is_none());
         add.validate(Some(&json!({"a": 1, "b": 2}))).unwrap();
         let err = add.validate(Some(&json!({"a": -1, "b": "x"}))).unwrap_err();
         let ExecError::InvalidParams { details, .. } = err else {
@@ -406,7 +287,8 @@ mod tests {
 
     #[test]
     fn rejects_non_openrpc() {
-        assert!(parse_service("x", "[]", String::new()).is_err());
-        assert!(parse_service("x", "{", String::new()).is_err());
+        let limits = SpecLimits::default();
+        assert!(parse_service("x", "[]", String::new(), &limits).is_err());
+        assert!(parse_service("x", "{", String::new(), &limits).is_err());
     }
 }

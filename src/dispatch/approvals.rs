@@ -204,7 +204,8 @@ impl Dispatcher {
             .as_deref()
             .and_then(|text| serde_json::from_str::<Value>(text).ok())
             .filter(|p| !p.is_null());
-        if let Err(error) = capability.validate(params.as_ref()) {
+        let size = run.input.as_deref().map_or(0, str::len);
+        if let Err(error) = self.validate(&capability, params.as_ref(), size).await {
             return refused(RunStatus::Failed, error);
         }
         let headers = forward_headers(&claims, run.context, run.chain.get(1).cloned(), &run.id, None);

@@ -28,6 +28,7 @@ impl Dispatcher {
         };
         let decision = self.policy().decide(subject(&intent.caller), &name, &meta);
         let input = Input::of(intent.params.as_ref());
+        let size = input.text.len();
         if let Some(key) = &intent.idempotency_key {
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
                 return Err(ExecError::invalid_params("idempotency_key is 1-256 bytes").into());
@@ -63,7 +64,7 @@ impl Dispatcher {
                 return Err(self.record_refusal(run, RunStatus::Failed, error).await);
             }
         };
-        if let Err(error) = capability.validate(intent.params.as_ref()) {
+        if let Err(error) = self.validate(&capability, intent.params.as_ref(), size).await {
             return Err(self.record_refusal(run, RunStatus::Failed, error).await);
         }
         let Some(permit) = permit else {

@@ -18,7 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::catalog::{Catalog, HeroIntent, Snapshot};
+use serde_json::Value;
+
+use crate::catalog::{Capability, Catalog, HeroIntent, Snapshot};
+use crate::error::ExecError;
 use crate::identity::registry::Registry;
 use crate::intent::{Caller, Principal};
 use crate::policy::{Decision, Explanation, Policy, Subject};
@@ -54,8 +57,16 @@ pub struct Dispatcher {
     policy_path: Option<PathBuf>,
     forwarder: Forwarder,
     running: approvals::Running,
+    /// Validations of large params run on blocking threads, this many at once.
+    validations: Arc<tokio::sync::Semaphore>,
     config: CoreConfig,
 }
+
+/// Params larger than this (as JSON text) are validated on a blocking thread.
+const VALIDATE_INLINE_BYTES: usize = 16 * 1024;
+
+/// Large validations at once; more wait their turn.
+const MAX_BLOCKING_VALIDATIONS: usize = 2;
 
 impl Dispatcher {
     /// A dispatcher over its parts; `policy` was loaded from `policy_path` (or is the default).
@@ -80,6 +91,7 @@ impl Dispatcher {
                 payload_cap: config.payload_cap,
             },
             running: Default::default(),
+            validations: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_VALIDATIONS)),
             config,
         }
     }
@@ -125,6 +137,29 @@ impl Dispatcher {
     /// Why policy decides `capability` for `caller` as it does.
     pub fn explain(&self, caller: &Caller, capability: &str, intent: &HeroIntent) -> Explanation {
         self.policy().explain(subject(caller), capability, intent)
+    }
+
+    /// Checks params against the capability's schema. Small params are checked here (the
+    /// `regex` engine makes every check linear); large ones on a blocking thread, a few at a
+    /// time, so a large body never holds an async worker that other callers need.
+    pub async fn validate(
+        &self,
+        capability: &Arc<Capability>,
+        params: Option<&Value>,
+        size: usize,
+    ) -> Result<(), ExecError> {
+        if size <= VALIDATE_INLINE_BYTES {
+            return capability.validate(params);
+        }
+        let _turn = self
+            .validations
+            .acquire()
+            .await
+            .map_err(|_| ExecError::Internal("validation pool closed".into()))?;
+        let (capability, params) = (capability.clone(), params.cloned());
+        tokio::task::spawn_blocking(move || capability.validate(params.as_ref()))
+            .await
+            .map_err(|e| ExecError::Internal(format!("validation task failed: {e}")))?
     }
 
     /// Every capability of `snapshot` that `caller` may see, decided once per subject,

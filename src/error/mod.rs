@@ -51,6 +51,9 @@ pub enum ExecError {
     /// The body exceeds a size limit (JSON-RPC -32600, HTTP 413).
     #[error("request too large: {0}")]
     TooLarge(String),
+    /// The body did not arrive within its deadline (JSON-RPC -32600, HTTP 408).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// The HTTP method is not allowed on this route (JSON-RPC -32600, HTTP 405).
     #[error("method not allowed: {0}")]
     HttpMethodNotAllowed(String),
@@ -91,6 +94,10 @@ pub enum ExecError {
     /// The caller sent more than its rate allows (-32029, HTTP 429 with `Retry-After`).
     #[error("rate limited: retry in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    /// A bounded resource (MCP sessions, event streams) is full for this caller (-32029,
+    /// HTTP 429).
+    #[error("{0}")]
+    TooMany(String),
     /// The executor is at its concurrency limit and sheds the request (HTTP 503).
     #[error("overloaded: too many requests in flight, retry shortly")]
     Overloaded,
@@ -125,7 +132,9 @@ impl ExecError {
     pub fn code(&self) -> i64 {
         match self {
             Self::Parse(_) => code::PARSE_ERROR,
-            Self::InvalidRequest(_) | Self::TooLarge(_) | Self::HttpMethodNotAllowed(_) => code::INVALID_REQUEST,
+            Self::InvalidRequest(_) | Self::TooLarge(_) | Self::RequestTimeout(_) | Self::HttpMethodNotAllowed(_) => {
+                code::INVALID_REQUEST
+            }
             Self::MethodNotFound(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams { .. } => code::INVALID_PARAMS,
             Self::Internal(_) => code::INTERNAL_ERROR,
@@ -136,7 +145,7 @@ impl ExecError {
             Self::UnknownKey(_) | Self::NotEnrolled(_) => code::NOT_ENROLLED,
             Self::ApprovalPending { .. } => code::APPROVAL_PENDING,
             Self::ApprovalRefused(_) => code::APPROVAL_REFUSED,
-            Self::RateLimited { .. } | Self::Overloaded => code::RATE_LIMITED,
+            Self::RateLimited { .. } | Self::TooMany(_) | Self::Overloaded => code::RATE_LIMITED,
             Self::TargetUnavailable(_) => code::TARGET_UNAVAILABLE,
             Self::TargetTimeout(_) => code::TARGET_TIMEOUT,
             Self::TargetProtocol(_) => code::TARGET_PROTOCOL,
@@ -195,6 +204,7 @@ impl ExecError {
         match self {
             Self::Parse(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::HttpMethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::MethodNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParams { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -204,7 +214,7 @@ impl ExecError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ApprovalPending { .. } => StatusCode::ACCEPTED,
             Self::ApprovalRefused(_) => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -224,6 +234,7 @@ impl ExecError {
             Self::Parse(_) => "parse-error",
             Self::InvalidRequest(_) => "invalid-request",
             Self::TooLarge(_) => "too-large",
+            Self::RequestTimeout(_) => "request-timeout",
             Self::HttpMethodNotAllowed(_) => "method-not-allowed",
             Self::MethodNotFound(_) => "method-not-found",
             Self::InvalidParams { .. } => "invalid-params",
@@ -237,6 +248,7 @@ impl ExecError {
             Self::ApprovalPending { .. } => "approval-pending",
             Self::ApprovalRefused(_) => "approval-refused",
             Self::RateLimited { .. } => "rate-limited",
+            Self::TooMany(_) => "too-many",
             Self::Overloaded => "overloaded",
 
             Self::TargetUnavailable(_) => "target-unavailable",

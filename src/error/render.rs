@@ -88,11 +88,20 @@ pub fn reject_path(path: &str, error: ExecError) -> Response {
 
 fn reject_with_id(path: &str, id: &Value, error: ExecError) -> Response {
     error.log();
-    if path.starts_with("/api/") || path == "/openapi.json" {
+    let mut response = if path.starts_with("/api/") || path == "/openapi.json" {
         problem(&error)
     } else {
         jsonrpc_error(&error, id, error.http_status())
+    };
+    let retry_after = match error {
+        ExecError::RateLimited { retry_after_s } => Some(retry_after_s),
+        ExecError::Overloaded => Some(1),
+        _ => None,
+    };
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
     }
+    response
 }
 
 #[cfg(test)]

@@ -33,8 +33,8 @@ use crate::limits::BufferedBody;
 /// The transport peer of a connection, captured when it is accepted (see `server`).
 #[derive(Debug, Clone)]
 pub enum Peer {
-    /// A Unix-socket peer; `uid` from SO_PEERCRED (absent if the kernel would not say).
-    Unix { uid: Option<u32> },
+    /// A Unix-socket peer; `uid` and `pid` from SO_PEERCRED (absent if the kernel would not say).
+    Unix { uid: Option<u32>, pid: Option<i32> },
     /// A TCP peer.
     Tcp(std::net::SocketAddr),
 }
@@ -98,13 +98,7 @@ where
     fn call(&mut self, mut request: Request) -> Self::Future {
         // Verification is synchronous (keys are in memory): decide before taking the inner service.
         if let Err(error) = authenticate(&self.state, &mut request) {
-            let mut response = reject(&request, error);
-            if response.status() == http::StatusCode::UNAUTHORIZED {
-                response
-                    .headers_mut()
-                    .insert("accept-signature", HeaderValue::from_static(ACCEPT_SIGNATURE));
-            }
-            return Box::pin(std::future::ready(Ok(response)));
+            return Box::pin(std::future::ready(Ok(refuse(&request, error))));
         }
         // The inner service was driven to readiness; hand that one to the call (tower idiom).
         let clone = self.inner.clone();
@@ -113,49 +107,83 @@ where
     }
 }
 
+/// Answers a request that identity refused; a 401 says what to sign (`Accept-Signature`).
+pub fn refuse<B>(request: &http::Request<B>, error: ExecError) -> Response {
+    let mut response = reject(request, error);
+    if response.status() == http::StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert("accept-signature", HeaderValue::from_static(ACCEPT_SIGNATURE));
+    }
+    response
+}
+
+/// What can be decided about who is asking from the request head alone, before its body is
+/// read: an unsigned request from a peer that is not trusted, or a signature by a key that
+/// is not enrolled, revoked or stale, is refused without waiting for a body. Returns who the
+/// request claims to be (the keyid, or the trusted peer), to count its slots by.
+pub fn precheck<B>(state: &AppState, request: &http::Request<B>) -> Result<String, ExecError> {
+    let headers = request.headers();
+    if headers.contains_key("signature") || headers.contains_key("signature-input") {
+        return state.verifier.precheck(headers, crate::now_unix());
+    }
+    let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
+    // rpc.discover is open: its body (not yet read) decides, so an unsigned POST /rpc passes.
+    match resolve_unsigned(state.config.unsigned_local, state.own_uid, peer) {
+        Ok(principal) => Ok(principal.id),
+        Err(_) if request.uri().path() == "/rpc" => Ok("anonymous".to_owned()),
+        Err(error) => Err(error),
+    }
+}
+
 /// Inserts the verified [`Principal`] (and [`verify::VerifiedSignature`]) into the request, or
-/// says why not.
+/// says why not. The principal's rate limit is applied here, after the signature verified
+/// and before its nonce is remembered: a refused request costs no slot of the replay cache.
 fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ExecError> {
     if is_open_route(request.uri().path()) || is_open_rpc_call(request) {
         return Ok(());
     }
     let signed = request.headers().contains_key("signature") || request.headers().contains_key("signature-input");
-    let resolved = if signed {
-        // A signature is verified or refused; it never falls back to the peer identity.
-        let body = request
-            .extensions()
-            .get::<BufferedBody>()
-            .map(|b| b.0.clone())
-            .unwrap_or_default();
-        state
-            .verifier
-            .verify(
-                request.method(),
-                request.uri(),
-                request.headers(),
-                &body,
-                crate::now_unix(),
-            )
-            .map(|(principal, verified)| {
-                request.extensions_mut().insert(verified);
-                principal
-            })
-    } else {
+    if !signed {
         let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
-        resolve_unsigned(state.config.unsigned_local, state.own_uid, peer)
-    };
-    request.extensions_mut().insert(resolved?);
+        let principal = resolve_unsigned(state.config.unsigned_local, state.own_uid, peer)?;
+        rate_limited(state, &principal.id)?;
+        request.extensions_mut().insert(principal);
+        return Ok(());
+    }
+    // A signature is verified or refused; it never falls back to the peer identity.
+    let body = request
+        .extensions()
+        .get::<BufferedBody>()
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
+    let now = crate::now_unix();
+    let verified = state
+        .verifier
+        .verify(request.method(), request.uri(), request.headers(), &body, now)?;
+    rate_limited(state, &verified.principal.id)?;
+    state.verifier.remember(&verified, now)?;
+    request.extensions_mut().insert(verified.signature);
+    request.extensions_mut().insert(verified.principal);
     Ok(())
+}
+
+/// Takes one token of `principal`'s rate.
+fn rate_limited(state: &AppState, principal: &str) -> Result<(), ExecError> {
+    state
+        .rate_limiter
+        .check(principal, 1)
+        .map_err(|retry_after_s| ExecError::RateLimited { retry_after_s })
 }
 
 /// Step 2 of identity resolution: an unsigned request is trusted only from the daemon's
 /// own uid over a Unix socket, and only while `unsigned_local = owner`.
 fn resolve_unsigned(unsigned_local: UnsignedLocal, own_uid: u32, peer: Option<Peer>) -> Result<Principal, ExecError> {
     match peer {
-        Some(Peer::Unix { uid: Some(uid) }) if unsigned_local == UnsignedLocal::Owner && uid == own_uid => {
+        Some(Peer::Unix { uid: Some(uid), .. }) if unsigned_local == UnsignedLocal::Owner && uid == own_uid => {
             Ok(Principal::local_owner(uid))
         }
-        Some(Peer::Unix { uid }) => Err(ExecError::Unauthenticated(match unsigned_local {
+        Some(Peer::Unix { uid, .. }) => Err(ExecError::Unauthenticated(match unsigned_local {
             UnsignedLocal::Owner => format!(
                 "unsigned calls are accepted only from the daemon's own uid ({}); peer uid is {}: sign the request",
                 own_uid,
@@ -193,12 +221,17 @@ mod tests {
 
     #[test]
     fn only_the_owner_uid_is_trusted_unsigned() {
-        let unix = |uid| Some(Peer::Unix { uid: Some(uid) });
+        let unix = |uid| {
+            Some(Peer::Unix {
+                uid: Some(uid),
+                pid: None,
+            })
+        };
         let owner = resolve_unsigned(UnsignedLocal::Owner, 1000, unix(1000)).unwrap();
         assert_eq!(owner, Principal::local_owner(1000));
         for (mode, peer) in [
             (UnsignedLocal::Owner, unix(1001)),
-            (UnsignedLocal::Owner, Some(Peer::Unix { uid: None })),
+            (UnsignedLocal::Owner, Some(Peer::Unix { uid: None, pid: None })),
             (UnsignedLocal::Off, unix(1000)),
             (UnsignedLocal::Owner, Some(Peer::Tcp(([127, 0, 0, 1], 9).into()))),
             (UnsignedLocal::Owner, None),

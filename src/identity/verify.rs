@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, Uri};
 
-use super::registry::Registry;
+use super::registry::{KeyEntry, Registry};
 use super::signature::{self, MessageView};
 use crate::error::ExecError;
 use crate::intent::Principal;
@@ -40,6 +40,21 @@ impl Default for SignatureRules {
             replay_capacity: 1_000_000,
         }
     }
+}
+
+/// A request whose signature verified, and whose nonce is not yet remembered.
+#[derive(Debug)]
+pub struct Verified {
+    pub principal: Principal,
+    pub signature: VerifiedSignature,
+    nonce: Option<Nonce>,
+}
+
+/// A nonce to remember: its keyed hash, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Nonce {
+    key: u64,
+    expires: i64,
 }
 
 /// The verified signature of a request, kept so the response can be bound to it.
@@ -74,20 +89,25 @@ impl Verifier {
         &self.registry
     }
 
-    /// Verifies the request's signature at time `now` (Unix seconds); `body` is the whole body.
-    pub fn verify(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: i64,
-    ) -> Result<(Principal, VerifiedSignature), ExecError> {
+    /// The checks a signature passes before its body is read: it parses, names an enrolled
+    /// key that is not revoked, and its parameters are fresh. Returns the keyid it claims
+    /// (not yet proven: [`Verifier::verify`] does that with the body).
+    pub fn precheck(&self, headers: &HeaderMap, now: i64) -> Result<String, ExecError> {
         let input = joined(headers, "signature-input")?;
         let sig = joined(headers, "signature")?;
         let signatures =
             signature::parse_signatures(&input, &sig, self.rules.max_signatures).map_err(|e| unauth(e.0))?;
-        // The first signature by an enrolled key is the one that counts.
+        let (s, key) = self.first_enrolled(&signatures)?;
+        self.check_params(s, now)?;
+        Ok(key.keyid.clone())
+    }
+
+    /// The first signature by an enrolled key (the one that counts), and the key; a revoked
+    /// or unknown key is a failed signature.
+    fn first_enrolled<'s>(
+        &self,
+        signatures: &'s [signature::ParsedSignature],
+    ) -> Result<(&'s signature::ParsedSignature, Arc<KeyEntry>), ExecError> {
         let Some((s, key)) = signatures.iter().find_map(|s| {
             s.keyid
                 .as_deref()
@@ -103,6 +123,23 @@ impl Verifier {
         if key.revoked_at.is_some() {
             return Err(ExecError::UnknownKey(format!("key {} was revoked", key.keyid)));
         }
+        Ok((s, key))
+    }
+
+    /// Verifies the request's signature at time `now` (Unix seconds); `body` is the whole body.
+    pub fn verify(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, ExecError> {
+        let input = joined(headers, "signature-input")?;
+        let sig = joined(headers, "signature")?;
+        let signatures =
+            signature::parse_signatures(&input, &sig, self.rules.max_signatures).map_err(|e| unauth(e.0))?;
+        let (s, key) = self.first_enrolled(&signatures)?;
         let created = self.check_params(s, now)?;
         for required in required_components(uri, headers, body) {
             if !s.covers(&required) {
@@ -118,19 +155,36 @@ impl Verifier {
         let view = MessageView::request(method, uri, headers);
         let base = signature::signature_base(&view, None, &s.components, &s.params_line).map_err(|e| unauth(e.0))?;
         signature::verify_ed25519(&key.public_key, &base, &s.signature).map_err(|e| unauth(e.0))?;
-        // Only a verified signature may use up a slot in the replay cache.
-        if let Some(nonce) = &s.nonce {
-            let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
-            let max_age = self.rules.max_age.as_secs() as i64;
-            replay.insert(&key.keyid, nonce, created + max_age, now, self.rules.replay_capacity)?;
-        }
-        Ok((
-            key.principal(),
-            VerifiedSignature {
+        // A replay is refused here; the nonce is remembered only once the request is also
+        // within its principal's rate ([`Verifier::remember`]), so refused requests cost no slot.
+        let nonce = match &s.nonce {
+            Some(nonce) => {
+                let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+                let max_age = self.rules.max_age.as_secs() as i64;
+                // Kept one second longer than the signature can be accepted (`now - created >
+                // max_age` is stale), so no nonce is forgotten while its signature still counts.
+                Some(replay.check(&key.keyid, nonce, created + max_age + 1, now)?)
+            }
+            None => None,
+        };
+        Ok(Verified {
+            principal: key.principal(),
+            signature: VerifiedSignature {
                 label: s.label.clone(),
                 keyid: key.keyid.clone(),
             },
-        ))
+            nonce,
+        })
+    }
+
+    /// Remembers the nonce of a verified request, so it cannot be replayed; fails if the
+    /// same nonce was remembered meanwhile, or the cache is full (fail closed).
+    pub fn remember(&self, verified: &Verified, now: i64) -> Result<(), ExecError> {
+        let Some(nonce) = verified.nonce else {
+            return Ok(());
+        };
+        let mut replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+        replay.insert(nonce, now, self.rules.replay_capacity)
     }
 
     /// The signature parameters' rules: `alg`, freshness (`created`, `expires`) and `nonce`.
@@ -220,7 +274,8 @@ struct ReplayCache {
 }
 
 impl ReplayCache {
-    fn insert(&mut self, keyid: &str, nonce: &str, expires: i64, now: i64, capacity: usize) -> Result<(), ExecError> {
+    /// Forgets nonces whose signatures can no longer be accepted.
+    fn prune(&mut self, now: i64) {
         while let Some((expiry, _)) = self.order.front() {
             if *expiry > now {
                 break;
@@ -229,7 +284,21 @@ impl ReplayCache {
                 self.seen.remove(&key);
             }
         }
+    }
+
+    /// The nonce of `keyid`, to remember until `expires`, if it was not used yet.
+    fn check(&mut self, keyid: &str, nonce: &str, expires: i64, now: i64) -> Result<Nonce, ExecError> {
+        self.prune(now);
         let key = self.hasher.hash_one((keyid, nonce));
+        if self.seen.contains(&key) {
+            return Err(unauth("replayed signature: this nonce was already used"));
+        }
+        Ok(Nonce { key, expires })
+    }
+
+    fn insert(&mut self, nonce: Nonce, now: i64, capacity: usize) -> Result<(), ExecError> {
+        self.prune(now);
+        let Nonce { key, expires } = nonce;
         if self.seen.contains(&key) {
             return Err(unauth("replayed signature: this nonce was already used"));
         }
@@ -251,13 +320,28 @@ mod tests {
     #[test]
     fn replay_cache_remembers_then_forgets() {
         let mut cache = ReplayCache::default();
-        cache.insert("k", "n1", 100, 0, 10).unwrap();
-        assert!(cache.insert("k", "n1", 100, 50, 10).is_err(), "replay");
-        cache.insert("other", "n1", 100, 50, 10).unwrap();
-        cache.insert("k", "n1", 200, 100, 10).unwrap(); // expired and pruned: usable again
+        let remember = |cache: &mut ReplayCache, keyid: &str, nonce: &str, expires: i64, now: i64, cap: usize| {
+            let ticket = cache.check(keyid, nonce, expires, now)?;
+            cache.insert(ticket, now, cap)
+        };
+        remember(&mut cache, "k", "n1", 100, 0, 10).unwrap();
+        assert!(remember(&mut cache, "k", "n1", 100, 50, 10).is_err(), "replay");
+        remember(&mut cache, "other", "n1", 100, 50, 10).unwrap();
+        assert!(
+            remember(&mut cache, "k", "n1", 200, 99, 10).is_err(),
+            "kept until it expires"
+        );
+        remember(&mut cache, "k", "n1", 200, 100, 10).unwrap(); // expired and pruned: usable again
         let mut full = ReplayCache::default();
-        full.insert("k", "a", 100, 0, 1).unwrap();
-        assert!(full.insert("k", "b", 100, 0, 1).is_err(), "fail closed when full");
+        remember(&mut full, "k", "a", 100, 0, 1).unwrap();
+        assert!(
+            remember(&mut full, "k", "b", 100, 0, 1).is_err(),
+            "fail closed when full"
+        );
+        // Checked but not remembered (refused later, e.g. rate limited): usable again.
+        let mut cache = ReplayCache::default();
+        cache.check("k", "n", 100, 0).unwrap();
+        remember(&mut cache, "k", "n", 100, 1, 10).unwrap();
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::intent::{Caller, CapabilityName, Surface};
 
 mod sessions;
 
-pub use sessions::Sessions;
+pub use sessions::{McpLimits, Sessions};
 
 /// Tools per `tools/list` page in direct mode.
 const PAGE: usize = 50;
@@ -54,11 +54,8 @@ pub fn service(state: AppState, remote: bool) -> StreamableHttpService<McpServer
         config = config.disable_allowed_hosts();
     }
     config.max_request_body_bytes = state.config.max_body_bytes;
-    StreamableHttpService::new(
-        move || Ok(McpServer::new(state.clone())),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    )
+    let manager = state.mcp_sessions.manager();
+    StreamableHttpService::new(move || Ok(McpServer::new(state.clone())), manager, config)
 }
 
 /// The MCP server of one session, bound to the principal that opened it.
@@ -66,13 +63,20 @@ pub fn service(state: AppState, remote: bool) -> StreamableHttpService<McpServer
 pub struct McpServer {
     state: AppState,
     principal: Arc<Mutex<Option<String>>>,
+    /// Dropped with the last clone of this server, i.e. when the session ends.
+    _alive: Arc<tokio::sync::oneshot::Sender<()>>,
+    /// Resolves when the session ends; taken by the one task that watches the catalog.
+    ended: Arc<Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
 }
 
 impl McpServer {
     fn new(state: AppState) -> Self {
+        let (alive, ended) = tokio::sync::oneshot::channel();
         Self {
             state,
             principal: Arc::default(),
+            _alive: Arc::new(alive),
+            ended: Arc::new(Mutex::new(Some(ended))),
         }
     }
 
@@ -124,16 +128,25 @@ impl ServerHandler for McpServer {
     ) -> Result<InitializeResult, McpError> {
         self.caller(&context)?;
         context.peer.set_peer_info(request.clone());
-        // Tell the client when the set of capabilities changes, for as long as it listens.
+        // Tell the client when the set of capabilities changes, for as long as the session
+        // lives: the task ends when the session's server is dropped (closed or expired).
         let peer = context.peer.clone();
         let mut changes = self.state.dispatcher.catalog().subscribe();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if peer.notify_tool_list_changed().await.is_err() {
-                    break;
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut ended) = ended {
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut ended => break,
+                        changed = changes.changed() => {
+                            if changed.is_err() || peer.notify_tool_list_changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    }
                 }
-            }
-        });
+            });
+        }
         self.negotiate_initialize(&request)
     }
 
@@ -428,7 +441,7 @@ fn direct_tool(capability: &Capability) -> Tool {
     let mut tool = Tool::new(
         tool_name(&capability.name),
         description,
-        schema(capability.params_schema.clone()),
+        schema(capability.params_schema()),
     )
     .with_annotations(annotations)
     .with_title(capability.name.clone());
@@ -439,24 +452,21 @@ fn direct_tool(capability: &Capability) -> Tool {
 }
 
 /// The result schema as an MCP `outputSchema` (which must describe an object): a top-level
-/// `$ref` into the service's components is resolved, and the components kept for nested refs.
+/// `$ref` into the service's components is resolved, and the components it reaches kept.
 fn output_schema(capability: &Capability) -> Option<Value> {
-    let components = capability.params_schema.get("components");
-    let mut result = capability.result.as_ref()?.get("schema")?.clone();
+    let mut result = capability.result_schema()?;
     if let Some(name) = result
         .get("$ref")
         .and_then(Value::as_str)
         .and_then(|r| r.strip_prefix("#/components/schemas/"))
     {
-        result = components?.get("schemas")?.get(name)?.clone();
+        let components = result.get("components").cloned();
+        result = components.as_ref()?.get("schemas")?.get(name)?.clone();
+        if let Some(components) = components {
+            result["components"] = components;
+        }
     }
-    if result.get("type").and_then(Value::as_str) != Some("object") {
-        return None;
-    }
-    if let Some(components) = components {
-        result["components"] = components.clone();
-    }
-    Some(result)
+    (result.get("type").and_then(Value::as_str) == Some("object")).then_some(result)
 }
 
 /// A capability's MCP tool name: within `[A-Za-z0-9_.-]{1,128}`, deterministically.

@@ -1,0 +1,257 @@
+//! Turning one service's `rpc.discover` document into capabilities, at a bounded cost.
+//!
+//! The document is refused past [`SpecLimits::max_bytes`]; methods past
+//! [`SpecLimits::max_methods`] are skipped with a warning. `components` are kept once per
+//! service (an `Arc` every capability shares), never copied into each method's stored
+//! schema. A params schema is compiled with just the components it reaches beside it; each
+//! method may reach at most [`SpecLimits::max_refs_per_method`] components, and a service's
+//! methods at most [`SpecLimits::max_refs`] in all (what compiling costs), else the method
+//! is skipped with a warning. Patterns use the `regex` engine (linear time): a pattern it
+//! cannot run (backreferences, look-around) makes the method's schema refused, so no
+//! validation can take unbounded time and nothing is forwarded unvalidated.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::schema;
+use super::spec::{Capability, HeroIntent, ParamStructure, ServiceSpec};
+
+/// What one service's spec may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct SpecLimits {
+    /// Largest `rpc.discover` document, in bytes.
+    pub max_bytes: usize,
+    /// Most methods kept per service.
+    pub max_methods: usize,
+    /// Most components one method's params may reach.
+    pub max_refs_per_method: usize,
+    /// Most component references compiled across a service's methods.
+    pub max_refs: usize,
+}
+
+impl Default for SpecLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 8 * 1024 * 1024,
+            max_methods: 10_000,
+            max_refs_per_method: 256,
+            max_refs: 20_000,
+        }
+    }
+}
+
+/// Parses a service's OpenRPC document. Fails only when the document is unusable as a
+/// whole; individual bad methods become warnings.
+pub fn parse_service(
+    service: &str,
+    raw: &str,
+    fingerprint: String,
+    limits: &SpecLimits,
+) -> Result<ServiceSpec, String> {
+    if raw.len() > limits.max_bytes {
+        return Err(format!(
+            "rpc.discover result of {} bytes exceeds the limit of {} bytes",
+            raw.len(),
+            limits.max_bytes
+        ));
+    }
+    let document: Value = serde_json::from_str(raw).map_err(|e| format!("rpc.discover result is not JSON: {e}"))?;
+    let methods = document
+        .get("methods")
+        .and_then(Value::as_array)
+        .ok_or("rpc.discover result has no \"methods\" array (not an OpenRPC document)")?;
+    let components = Arc::new(document.get("components").cloned().unwrap_or(Value::Null));
+    let mut warnings = Vec::new();
+    if methods.len() > limits.max_methods {
+        warnings.push(format!(
+            "{} methods: only the first {} are served",
+            methods.len(),
+            limits.max_methods
+        ));
+    }
+    let mut capabilities = BTreeMap::new();
+    let mut refs = 0;
+    for (index, method) in methods.iter().take(limits.max_methods).enumerate() {
+        let cap = parse_method(service, method, &components)
+            .and_then(|cap| compile(Capability { index, ..cap }, limits, &mut refs));
+        match cap {
+            Ok(cap) => {
+                if capabilities.insert(cap.method.clone(), Arc::new(cap)).is_some() {
+                    warnings.push("duplicate method name; the last one wins".to_owned());
+                }
+            }
+            Err(why) => warnings.push(why),
+        }
+    }
+    Ok(ServiceSpec {
+        name: service.to_owned(),
+        fingerprint,
+        document,
+        capabilities,
+        warnings,
+    })
+}
+
+/// Compiles a method's params schema, with just the components it reaches beside it, within
+/// the budget of components a method and the whole service may reach (what compiling
+/// costs). A schema that does not compile, or is over budget, skips the method.
+fn compile(mut cap: Capability, limits: &SpecLimits, total: &mut usize) -> Result<Capability, String> {
+    let (schema, param_names) = params_schema(&cap.params);
+    let names_ok = param_names.len() == cap.params.len();
+    if !names_ok {
+        return Err(format!("{}: a param without a name", cap.method));
+    }
+    let reached = schema::reachable(&schema, &cap.components, limits.max_refs_per_method + 1).len();
+    if reached > limits.max_refs_per_method {
+        return Err(format!(
+            "{}: params reach more than {} components; skipped",
+            cap.method, limits.max_refs_per_method
+        ));
+    }
+    if *total + reached > limits.max_refs {
+        return Err(format!(
+            "{}: the service's schemas reach more than {} components in all; skipped",
+            cap.method, limits.max_refs
+        ));
+    }
+    *total += reached;
+    let schema = schema::with_components(&schema, &cap.components);
+    // OpenRPC 1.3 schemas are JSON Schema draft-07; nothing is fetched over the network.
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft7)
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(&schema)
+        .map_err(|e| format!("{}: params schema refused: {e}; skipped", cap.method))?;
+    cap.validator = Some(validator);
+    cap.param_names = param_names;
+    Ok(cap)
+}
+
+fn parse_method(service: &str, method: &Value, components: &Arc<Value>) -> Result<Capability, String> {
+    let name = method
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or("a method without a name was skipped")?;
+    if name.starts_with("rpc.") {
+        return Err(format!("{name}: rpc.* methods are protocol methods, not capabilities"));
+    }
+    // Names are bounded and printable: a name that reads as another must not become one.
+    crate::access::check_name(&format!("{service}.{name}")).map_err(|why| {
+        let shown: String = name.chars().take(64).collect();
+        format!("method {shown:?} skipped: {why}")
+    })?;
+    let text = |key: &str| method.get(key).and_then(Value::as_str).map(str::to_owned);
+    let params: Vec<Value> = method
+        .get("params")
+        .and_then(Value::as_array)
+        .map(|list| list.iter().map(|p| resolve_descriptor(p, components)).collect())
+        .unwrap_or_default();
+    let param_structure = match method.get("paramStructure").and_then(Value::as_str) {
+        Some("by-name") => ParamStructure::ByName,
+        Some("by-position") => ParamStructure::ByPosition,
+        _ => ParamStructure::Either,
+    };
+    let search_text = format!(
+        "{} {}",
+        text("summary").unwrap_or_default(),
+        text("description").unwrap_or_default()
+    )
+    .to_lowercase();
+    Ok(Capability {
+        search_name: format!("{service}.{name}").to_lowercase(),
+        search_text,
+        name: format!("{service}.{name}"),
+        service: service.to_owned(),
+        method: name.to_owned(),
+        summary: text("summary"),
+        description: text("description"),
+        params,
+        param_structure,
+        components: components.clone(),
+        result: method.get("result").map(|r| resolve_descriptor(r, components)),
+        errors: method
+            .get("errors")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        intent: HeroIntent::from_method(method),
+        validator: None,
+        index: 0,
+        param_names: Vec::new(),
+    })
+}
+
+/// The JSON Schema of a method's params (content descriptors) as one object (by name), and
+/// the names of the params that have one, in order. Its `#/components/...` refs resolve
+/// against the service's components.
+pub(super) fn params_schema(params: &[Value]) -> (Value, Vec<String>) {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    let mut param_names = Vec::new();
+    for param in params {
+        let Some(pname) = param.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        properties.insert(pname.to_owned(), param.get("schema").cloned().unwrap_or(json!({})));
+        if param.get("required").and_then(Value::as_bool).unwrap_or(false) {
+            required.push(Value::String(pname.to_owned()));
+        }
+        param_names.push(pname.to_owned());
+    }
+    let mut schema = json!({ "type": "object", "properties": properties });
+    if !required.is_empty() {
+        schema["required"] = Value::Array(required);
+    }
+    (schema, param_names)
+}
+
+/// Resolves `{"$ref": "#/components/contentDescriptors/X"}` to the descriptor itself.
+fn resolve_descriptor(descriptor: &Value, components: &Value) -> Value {
+    let target = descriptor
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/components/contentDescriptors/"))
+        .and_then(|key| components.get("contentDescriptors")?.get(key));
+    target.unwrap_or(descriptor).clone()
+}
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    fn rss() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+    }
+
+    #[test]
+    #[ignore]
+    fn what_a_wide_service_costs() {
+        let methods: Vec<Value> = (0..10_000)
+            .map(|i| json!({"name": format!("m{i}"), "params": [{"name": "n", "schema": {"type": "integer", "minimum": 0}}]}))
+            .collect();
+        let doc = json!({"openrpc": "1.3.2", "info": {"title": "w", "version": "1"}, "methods": methods}).to_string();
+        let before = rss();
+        let spec = parse_service("wide", &doc, String::new(), &SpecLimits::default()).unwrap();
+        let after = rss();
+        eprintln!(
+            "MEASURE {} capabilities: {:.1} MiB",
+            spec.capabilities.len(),
+            after - before
+        );
+        let before = rss();
+        let plain: Vec<jsonschema::Validator> = (0..10_000)
+            .map(|_| {
+                jsonschema::options()
+                    .build(&json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}))
+                    .unwrap()
+            })
+            .collect();
+        eprintln!("MEASURE plain validators: {:.1} MiB", rss() - before);
+        drop(plain);
+    }
+}
