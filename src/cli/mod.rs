@@ -109,6 +109,42 @@ pub struct Cli {
     #[arg(long, default_value_t = 1024)]
     pub max_concurrent: usize,
 
+    /// Requests in flight for one peer (process or TCP address) and claimed identity; more are shed with 503
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_per_peer: usize,
+
+    /// A request body must arrive within this after its headers, in seconds (else 408)
+    #[arg(long, default_value_t = 10)]
+    pub body_read_timeout_secs: u64,
+
+    /// MCP sessions open at once, in all
+    #[arg(long, default_value_t = 1024)]
+    pub mcp_max_sessions: usize,
+
+    /// MCP sessions open at once per principal (and user)
+    #[arg(long, default_value_t = 32)]
+    pub mcp_max_sessions_per_principal: usize,
+
+    /// An MCP session unused this long is closed, in seconds
+    #[arg(long, default_value_t = 600)]
+    pub mcp_session_idle_secs: u64,
+
+    /// MCP event streams (GET /mcp) open at once
+    #[arg(long, default_value_t = 256)]
+    pub mcp_max_streams: usize,
+
+    /// An MCP event stream is ended after this long, in seconds (the client opens another)
+    #[arg(long, default_value_t = 3600)]
+    pub mcp_stream_max_secs: u64,
+
+    /// Largest `rpc.discover` document accepted from a service, in bytes
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub max_spec_bytes: usize,
+
+    /// Most methods served per service (the rest are skipped with a warning)
+    #[arg(long, default_value_t = 10_000)]
+    pub max_methods_per_service: usize,
+
     /// Async worker threads [default: one per core less one, at least one]
     #[arg(long, env = "HERO_EXECUTOR_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
@@ -169,6 +205,24 @@ impl Cli {
             self.max_concurrent.to_string(),
             "--max-per-target".to_owned(),
             self.max_per_target.to_string(),
+            "--max-concurrent-per-peer".to_owned(),
+            self.max_concurrent_per_peer.to_string(),
+            "--body-read-timeout-secs".to_owned(),
+            self.body_read_timeout_secs.to_string(),
+            "--mcp-max-sessions".to_owned(),
+            self.mcp_max_sessions.to_string(),
+            "--mcp-max-sessions-per-principal".to_owned(),
+            self.mcp_max_sessions_per_principal.to_string(),
+            "--mcp-session-idle-secs".to_owned(),
+            self.mcp_session_idle_secs.to_string(),
+            "--mcp-max-streams".to_owned(),
+            self.mcp_max_streams.to_string(),
+            "--mcp-stream-max-secs".to_owned(),
+            self.mcp_stream_max_secs.to_string(),
+            "--max-spec-bytes".to_owned(),
+            self.max_spec_bytes.to_string(),
+            "--max-methods-per-service".to_owned(),
+            self.max_methods_per_service.to_string(),
         ];
         if let Some(listen) = self.listen {
             args.extend(["--listen".to_owned(), listen.to_string()]);
@@ -197,6 +251,17 @@ impl Cli {
         config.rate_limit = (self.rate_limit_rps.max(0.0), self.rate_limit_burst.max(1.0));
         config.max_concurrent = self.max_concurrent.max(1);
         config.max_per_target = self.max_per_target.max(1);
+        config.max_concurrent_per_peer = self.max_concurrent_per_peer.max(1);
+        config.body_read_timeout = Duration::from_secs(self.body_read_timeout_secs.max(1));
+        config.mcp = crate::adapters::mcp::McpLimits {
+            max_sessions: self.mcp_max_sessions.max(1),
+            max_sessions_per_principal: self.mcp_max_sessions_per_principal.max(1),
+            session_idle: Duration::from_secs(self.mcp_session_idle_secs.max(1)),
+            max_streams: self.mcp_max_streams.max(1),
+            stream_max: Duration::from_secs(self.mcp_stream_max_secs.max(1)),
+        };
+        config.spec_limits.max_bytes = self.max_spec_bytes.max(1024);
+        config.spec_limits.max_methods = self.max_methods_per_service.max(1);
         config.max_body_bytes = self.max_body_bytes;
         config.max_batch = self.max_batch.max(1);
         config.unsigned_local = self.unsigned_local;
