@@ -7,14 +7,22 @@
 //! - `b`: through the executor, unsigned owner calls;
 //! - `c`: through the executor, signed calls (one Ed25519 signature per request, one
 //!   verification and one response signature in the executor);
-//! - `d`: signed calls under a policy of 1,000 rules.
+//! - `d`: signed calls under a policy of 1,000 rules;
+//! - `e`: MCP `tools/call` of the `execute` meta-tool through `/mcp` (Streamable HTTP),
+//!   unsigned owner calls;
+//! - `p`: the anchor, a plain reverse proxy on a Unix socket in front of the example
+//!   service, with as many workers as the executor has: nginx when it is on PATH, else
+//!   haproxy (`apt-get install nginx haproxy`); skipped when neither is.
 //!
-//! Every call through the executor is recorded as a run (runs are always on). Prints a
-//! table and writes JSON (`bench-results/bench.json`): requests/s, latency percentiles,
-//! errors, CPU seconds per request of the executor and the service (from /proc), the
-//! executor's peak RSS, and each configuration's throughput as a ratio of `a`.
+//! Every call through the executor is recorded as a run (runs are always on). By default
+//! every configuration runs at `--clients` (32) and `a`, `p`, `b`, `c` again at one
+//! client. Prints a table and writes JSON (`bench-results/bench.json`): requests/s,
+//! latency percentiles, errors, CPU per request of the middle hop (executor or proxy) and
+//! of the service (from /proc), the hop's peak RSS, each row's throughput as a ratio of
+//! `a` and of the proxy at the same concurrency, its CPU per request as a ratio of the
+//! proxy's, and its p50 added over `a`.
 //!
-//! `cargo run --release --example bench -- [--clients 32] [--duration 10] [--configs a,b,c,d] [--out FILE]`
+//! `cargo run --release --example bench -- [--clients 32] [--duration 10] [--configs a,p,b,c,d,e] [--single a,p,b,c] [--out FILE]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,12 +35,14 @@ use hero_executor::client::Signer;
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::json;
 
 struct Args {
     clients: usize,
     duration: Duration,
     configs: Vec<char>,
+    /// Configurations run again with one client.
+    single: Vec<char>,
     out: PathBuf,
 }
 
@@ -40,7 +50,8 @@ fn args() -> Result<Args, String> {
     let mut a = Args {
         clients: 32,
         duration: Duration::from_secs(10),
-        configs: vec!['a', 'b', 'c', 'd'],
+        configs: vec!['a', 'p', 'b', 'c', 'd', 'e'],
+        single: vec!['a', 'p', 'b', 'c'],
         out: PathBuf::from("bench-results/bench.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -52,9 +63,13 @@ fn args() -> Result<Args, String> {
                 a.duration = Duration::from_secs_f64(value()?.parse().map_err(|e| format!("--duration: {e}"))?)
             }
             "--configs" => a.configs = value()?.split(',').filter_map(|c| c.chars().next()).collect(),
+            "--single" => a.single = value()?.split(',').filter_map(|c| c.chars().next()).collect(),
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
-                return Err("bench [--clients C] [--duration SECONDS] [--configs a,b,c,d] [--out FILE]".into());
+                return Err(
+                    "bench [--clients C] [--duration SECONDS] [--configs a,p,b,c,d,e] [--single a,p,b,c] [--out FILE]"
+                        .into(),
+                );
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -116,7 +131,8 @@ async fn wait_for(sock: &Path) {
 #[derive(Debug, serde::Serialize)]
 struct Row {
     config: char,
-    what: &'static str,
+    clients: usize,
+    what: String,
     requests: usize,
     errors: usize,
     rps: f64,
@@ -124,10 +140,93 @@ struct Row {
     p90_us: u64,
     p99_us: u64,
     max_us: u64,
-    executor_cpu_us_per_req: Option<f64>,
+    /// CPU per request of the middle hop (the executor or the proxy).
+    hop_cpu_us_per_req: Option<f64>,
     service_cpu_us_per_req: f64,
-    executor_peak_rss_mib: Option<f64>,
+    hop_peak_rss_mib: Option<f64>,
     ratio_to_a: Option<f64>,
+    /// Throughput as a ratio of the proxy's at the same concurrency.
+    ratio_to_proxy: Option<f64>,
+    /// CPU per request as a ratio of the proxy's at the same concurrency.
+    cpu_ratio_to_proxy: Option<f64>,
+    /// p50 added over a direct call at the same concurrency.
+    added_p50_us: Option<i64>,
+}
+
+/// How a configuration's requests are made.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `POST /rpc`, one JSON-RPC call.
+    Rpc,
+    /// MCP over `/mcp`: a session per client, then `tools/call` of `execute`.
+    Mcp,
+}
+
+/// One request of a client: its latency, or `None` when it failed.
+async fn one_call(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+    body: &Bytes,
+    extra: &[(&'static str, String)],
+    signer: Option<&Signer>,
+) -> Result<(u64, bool, Option<String>), ()> {
+    let uri: Uri = path.parse().unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in extra {
+        headers.insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    if let Some(signer) = signer {
+        signer
+            .sign(&Method::POST, &uri, &mut headers, body, hero_executor::now_unix())
+            .expect("sign");
+    }
+    let mut request = Request::post(uri).body(Full::new(body.clone())).unwrap();
+    *request.headers_mut() = headers;
+    let started = Instant::now();
+    sender.ready().await.map_err(|_| ())?;
+    let response = sender.send_request(request).await.map_err(|_| ())?;
+    let ok = response.status().is_success();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let latency = started.elapsed().as_micros() as u64;
+    let text = String::from_utf8_lossy(&body);
+    let good = ok && text.contains("\"result\"") && !text.contains("\"isError\":true");
+    Ok((latency, good, session))
+}
+
+/// Opens an MCP session on `sender`; returns the headers its calls carry.
+async fn mcp_session(sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>) -> Vec<(&'static str, String)> {
+    let accept = ("accept", "application/json, text/event-stream".to_owned());
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}});
+    let (_, _, session) = one_call(
+        sender,
+        "/mcp",
+        &Bytes::from(init.to_string()),
+        std::slice::from_ref(&accept),
+        None,
+    )
+    .await
+    .expect("initialize");
+    let headers = vec![
+        accept,
+        ("mcp-session-id", session.expect("a session id")),
+        ("mcp-protocol-version", "2025-06-18".to_owned()),
+    ];
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let _ = one_call(sender, "/mcp", &Bytes::from(initialized.to_string()), &headers, None).await;
+    headers
 }
 
 /// Drives `clients` keep-alive connections for `duration`; returns latencies (us) and errors.
@@ -137,9 +236,16 @@ async fn drive(
     duration: Duration,
     method: &'static str,
     signer: Option<Arc<Signer>>,
+    mode: Mode,
 ) -> (Vec<u64>, usize) {
-    let body =
-        Bytes::from(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"message": "hello"}}).to_string());
+    let body = Bytes::from(
+        match mode {
+            Mode::Rpc => json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"message": "hello"}}),
+            Mode::Mcp => json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "execute", "arguments": {"capability": method, "params": {"message": "hello"}}}}),
+        }
+        .to_string(),
+    );
     let deadline = Instant::now() + duration;
     let tasks = (0..clients).map(|_| {
         let (sock, body, signer) = (sock.clone(), body.clone(), signer.clone());
@@ -151,42 +257,33 @@ async fn drive(
                 .await
                 .expect("handshake");
             tokio::spawn(conn);
-            let uri: Uri = "/rpc".parse().unwrap();
+            let (path, extra) = match mode {
+                Mode::Rpc => ("/rpc", Vec::new()),
+                Mode::Mcp => ("/mcp", mcp_session(&mut sender).await),
+            };
             while Instant::now() < deadline {
-                let mut headers = HeaderMap::new();
-                headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
-                headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                if let Some(signer) = &signer {
-                    signer
-                        .sign(&Method::POST, &uri, &mut headers, &body, hero_executor::now_unix())
-                        .expect("sign");
-                }
-                let mut request = Request::post(uri.clone()).body(Full::new(body.clone())).unwrap();
-                *request.headers_mut() = headers;
-                let started = Instant::now();
-                if sender.ready().await.is_err() {
-                    errors += 1;
-                    break;
-                }
-                match sender.send_request(request).await {
-                    Ok(response) => {
-                        let ok = response.status().is_success();
-                        let body = response
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        latencies.push(started.elapsed().as_micros() as u64);
-                        let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
-                        if !ok || answer.get("result").is_none() {
-                            errors += 1;
-                        }
+                match one_call(&mut sender, path, &body, &extra, signer.as_deref()).await {
+                    Ok((latency, good, _)) => {
+                        latencies.push(latency);
+                        errors += usize::from(!good);
                     }
-                    Err(_) => {
+                    Err(()) => {
                         errors += 1;
                         break;
                     }
+                }
+            }
+            if mode == Mode::Mcp {
+                // Closed, so the next round's sessions fit under the per-principal cap.
+                let mut close = Request::delete("/mcp").body(Full::new(Bytes::new())).unwrap();
+                close
+                    .headers_mut()
+                    .insert(http::header::HOST, HeaderValue::from_static("localhost"));
+                for (name, value) in &extra {
+                    close.headers_mut().insert(*name, HeaderValue::from_str(value).unwrap());
+                }
+                if sender.ready().await.is_ok() {
+                    let _ = sender.send_request(close).await;
                 }
             }
             (latencies, errors)
@@ -225,6 +322,297 @@ fn big_policy(n: usize) -> String {
     text
 }
 
+/// What every configuration shares: the temp dir, the example service, the bench key.
+struct Setup {
+    tmp: tempfile::TempDir,
+    sockets: PathBuf,
+    echo: Proc,
+    echo_sock: PathBuf,
+    key: SigningKey,
+    policy_path: PathBuf,
+}
+
+/// Where one configuration sends its requests, and the process in the middle (if any).
+struct Target {
+    what: String,
+    sock: PathBuf,
+    method: &'static str,
+    signer: Option<Arc<Signer>>,
+    mode: Mode,
+    hop: Option<Proc>,
+}
+
+/// The executor's async workers by default (one per core less one), which the proxy
+/// anchor gets too.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
+/// Starts nginx (or haproxy) as a plain reverse proxy on a Unix socket in front of the
+/// example service; `None` when neither is on PATH.
+async fn proxy(s: &Setup) -> Result<Option<Target>, Box<dyn std::error::Error>> {
+    let dir = s.tmp.path().join("proxy");
+    std::fs::create_dir_all(&dir)?;
+    let sock = dir.join("proxy.sock");
+    // A proxy killed by the previous round leaves its socket file behind.
+    let _ = std::fs::remove_file(&sock);
+    let (echo, listen) = (s.echo_sock.display(), sock.display());
+    let (name, mut command) = if let Ok(nginx) = which("nginx") {
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; master_process off; worker_processes {w}; pid {d}/nginx.pid; error_log stderr error;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; keepalive_requests 10000000;\n\
+                   upstream echo {{ server unix:{echo}; keepalive 128; keepalive_requests 10000000; }}\n\
+                   server {{ listen unix:{listen}; location / {{ proxy_pass http://echo;\n\
+                     proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }} }}\n",
+                w = workers(),
+                d = dir.display()
+            ),
+        )?;
+        let mut command = Command::new(nginx);
+        command.arg("-c").arg(&conf).arg("-p").arg(&dir);
+        ("nginx", command)
+    } else if let Ok(haproxy) = which("haproxy") {
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(
+            &conf,
+            format!(
+                "global\n  nbthread {w}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                 frontend f\n  bind unix@{listen}\n  default_backend b\nbackend b\n  http-reuse always\n  server s unix@{echo}\n",
+                w = workers()
+            ),
+        )?;
+        let mut command = Command::new(haproxy);
+        command.arg("-f").arg(&conf).arg("-db");
+        ("haproxy", command)
+    } else {
+        return Ok(None);
+    };
+    let hop = Proc(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    wait_for(&sock).await;
+    Ok(Some(Target {
+        what: format!("{name}, plain reverse proxy ({} worker)", workers()),
+        sock,
+        method: "echo",
+        signer: None,
+        mode: Mode::Rpc,
+        hop: Some(hop),
+    }))
+}
+
+/// A program on PATH.
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
+
+/// Starts what configuration `config` measures.
+async fn target(config: char, s: &Setup) -> Result<Option<Target>, Box<dyn std::error::Error>> {
+    let what = match config {
+        'a' => {
+            return Ok(Some(Target {
+                what: "direct to the example service".into(),
+                sock: s.echo_sock.clone(),
+                method: "echo",
+                signer: None,
+                mode: Mode::Rpc,
+                hop: None,
+            }));
+        }
+        'p' => return proxy(s).await,
+        'b' => "executor, unsigned owner calls",
+        'c' => "executor, signed calls",
+        'd' => "executor, signed, 1,000-rule policy",
+        'e' => "executor, MCP tools/call (execute)",
+        other => return Err(format!("unknown configuration {other}").into()),
+    };
+    // A fresh data dir each time (a configuration may run at several concurrencies).
+    let data = tempfile::Builder::new()
+        .prefix(&format!("data-{config}-"))
+        .tempdir_in(s.tmp.path())?
+        .keep();
+    let mut command = Command::new(binary("hero_executor"));
+    command
+        .arg("--socket-dir")
+        .arg(&s.sockets)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--rate-limit-rps", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if config == 'd' {
+        command.arg("--policy").arg(&s.policy_path);
+    }
+    let hop = Proc(command.spawn()?);
+    let rpc_sock = s.sockets.join("hero_executor/rpc.sock");
+    wait_for(&rpc_sock).await;
+    let signer = match config {
+        'c' | 'd' => {
+            let owner = hero_executor::client::Client::new(&rpc_sock);
+            let public = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                s.key.verifying_key().as_bytes(),
+            );
+            owner
+                .rpc(
+                    "keys.add",
+                    json!({"keyid": "bench", "public_key": public, "claims": ["bench", "agent"]}),
+                    HeaderMap::new(),
+                )
+                .await?;
+            Some(Arc::new(Signer::new("bench", s.key.clone())))
+        }
+        _ => None,
+    };
+    Ok(Some(Target {
+        what: what.into(),
+        sock: rpc_sock,
+        method: "echo.echo",
+        signer,
+        mode: if config == 'e' { Mode::Mcp } else { Mode::Rpc },
+        hop: Some(hop),
+    }))
+}
+
+/// Measures one configuration at `clients`.
+async fn measure(
+    config: char,
+    clients: usize,
+    duration: Duration,
+    s: &Setup,
+) -> Result<Option<Row>, Box<dyn std::error::Error>> {
+    let Some(target) = target(config, s).await? else {
+        eprintln!(
+            "configuration {config}: neither nginx nor haproxy is installed (apt-get install nginx haproxy); skipped"
+        );
+        return Ok(None);
+    };
+    let (sock, method, signer, mode) = (target.sock.clone(), target.method, target.signer.clone(), target.mode);
+    // Warm up (connections, pools, caches), then measure.
+    drive(
+        sock.clone(),
+        clients,
+        Duration::from_millis(500),
+        method,
+        signer.clone(),
+        mode,
+    )
+    .await;
+    let hop_pid = target.hop.as_ref().map(|p| p.0.id());
+    let cpu_before = (hop_pid.map(cpu_seconds), cpu_seconds(s.echo.0.id()));
+    let started = Instant::now();
+    let (mut latencies, errors) = drive(sock, clients, duration, method, signer, mode).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = (hop_pid.map(cpu_seconds), cpu_seconds(s.echo.0.id()));
+    latencies.sort_unstable();
+    let requests = latencies.len();
+    let per_req = |before: f64, after: f64| (after - before) / requests.max(1) as f64 * 1e6;
+    let row = Row {
+        config,
+        clients,
+        what: target.what.clone(),
+        requests,
+        errors,
+        rps: requests as f64 / elapsed,
+        p50_us: percentile(&latencies, 0.50),
+        p90_us: percentile(&latencies, 0.90),
+        p99_us: percentile(&latencies, 0.99),
+        max_us: latencies.last().copied().unwrap_or(0),
+        hop_cpu_us_per_req: cpu_before.0.zip(cpu_after.0).map(|(b, a)| per_req(b, a)),
+        service_cpu_us_per_req: per_req(cpu_before.1, cpu_after.1),
+        hop_peak_rss_mib: hop_pid.map(peak_rss_mib),
+        ratio_to_a: None,
+        ratio_to_proxy: None,
+        cpu_ratio_to_proxy: None,
+        added_p50_us: None,
+    };
+    drop(target);
+    for socket in ["hero_executor/rpc.sock", "hero_executor/rest.sock"] {
+        let _ = std::fs::remove_file(s.sockets.join(socket));
+    }
+    Ok(Some(row))
+}
+
+/// Fills each row's ratios against `a` and the proxy at the same concurrency.
+fn ratios(rows: &mut [Row]) {
+    let find = |rows: &[Row], config: char, clients: usize| {
+        rows.iter()
+            .find(|r| r.config == config && r.clients == clients)
+            .map(|r| (r.rps, r.hop_cpu_us_per_req, r.p50_us))
+    };
+    let anchors: Vec<_> = rows
+        .iter()
+        .map(|r| (find(rows, 'a', r.clients), find(rows, 'p', r.clients)))
+        .collect();
+    for (row, (direct, proxy)) in rows.iter_mut().zip(anchors) {
+        row.ratio_to_a = direct.map(|(rps, _, _)| row.rps / rps);
+        row.added_p50_us = direct.map(|(_, _, p50)| row.p50_us as i64 - p50 as i64);
+        row.ratio_to_proxy = proxy.map(|(rps, _, _)| row.rps / rps);
+        row.cpu_ratio_to_proxy = proxy
+            .and_then(|(_, cpu, _)| cpu)
+            .zip(row.hop_cpu_us_per_req)
+            .map(|(proxy, own)| own / proxy);
+    }
+}
+
+fn print(rows: &[Row], duration: Duration) {
+    println!(
+        "{} s per configuration, {} cores; hop = the executor or the proxy",
+        duration.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<2} {:>3} {:<40} {:>8} {:>7} {:>6} {:>6} {:>6} {:>5} {:>9} {:>8} {:>6} {:>5} {:>8} {:>8} {:>7}",
+        "",
+        "C",
+        "configuration",
+        "req/s",
+        "p50us",
+        "p90us",
+        "p99us",
+        "+p50",
+        "errs",
+        "hop_cpuus",
+        "svc_cpu",
+        "rss",
+        "vs_a",
+        "vs_proxy",
+        "cpu/prx",
+        "max_us"
+    );
+    let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
+    for r in rows {
+        println!(
+            "{:<2} {:>3} {:<40} {:>8.0} {:>7} {:>6} {:>6} {:>6} {:>5} {:>9} {:>8.1} {:>6} {:>5} {:>8} {:>8} {:>7}",
+            r.config,
+            r.clients,
+            r.what,
+            r.rps,
+            r.p50_us,
+            r.p90_us,
+            r.p99_us,
+            r.added_p50_us.map_or("-".to_owned(), |v| v.to_string()),
+            r.errors,
+            opt(r.hop_cpu_us_per_req, 1),
+            r.service_cpu_us_per_req,
+            opt(r.hop_peak_rss_mib, 1),
+            opt(r.ratio_to_a, 2),
+            opt(r.ratio_to_proxy, 2),
+            opt(r.cpu_ratio_to_proxy, 2),
+            r.max_us
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
@@ -239,148 +627,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let echo_sock = sockets.join("echo/rpc.sock");
     wait_for(&echo_sock).await;
-    let key = SigningKey::from_bytes(&[42; 32]);
     let policy_path = tmp.path().join("policy-1000.toml");
     std::fs::write(&policy_path, big_policy(1000))?;
-
-    let mut rows: Vec<Row> = Vec::new();
-    for config in &args.configs {
-        let (what, executor): (&'static str, Option<Proc>) = match config {
-            'a' => ("direct to the example service", None),
-            'b' | 'c' | 'd' => {
-                let data = tmp.path().join(format!("data-{config}"));
-                let mut command = Command::new(binary("hero_executor"));
-                command
-                    .arg("--socket-dir")
-                    .arg(&sockets)
-                    .arg("--data-dir")
-                    .arg(&data)
-                    .args(["--rate-limit-rps", "0"])
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
-                if *config == 'd' {
-                    command.arg("--policy").arg(&policy_path);
-                }
-                let what = match config {
-                    'b' => "executor, unsigned owner calls",
-                    'c' => "executor, signed calls",
-                    _ => "executor, signed, 1,000-rule policy",
-                };
-                (what, Some(Proc(command.spawn()?)))
-            }
-            other => return Err(format!("unknown configuration {other}").into()),
-        };
-        let rpc_sock = sockets.join("hero_executor/rpc.sock");
-        let signer = match (config, &executor) {
-            ('c' | 'd', Some(_)) => {
-                wait_for(&rpc_sock).await;
-                let owner = hero_executor::client::Client::new(&rpc_sock);
-                let public = base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    key.verifying_key().as_bytes(),
-                );
-                owner
-                    .rpc(
-                        "keys.add",
-                        json!({"keyid": "bench", "public_key": public, "claims": ["bench", "agent"]}),
-                        HeaderMap::new(),
-                    )
-                    .await?;
-                Some(Arc::new(Signer::new("bench", key.clone())))
-            }
-            _ => None,
-        };
-        let (sock, method) = match &executor {
-            None => (echo_sock.clone(), "echo"),
-            Some(_) => {
-                wait_for(&rpc_sock).await;
-                (rpc_sock.clone(), "echo.echo")
-            }
-        };
-        // Warm up (connections, pools, caches), then measure.
-        drive(
-            sock.clone(),
-            args.clients,
-            Duration::from_millis(500),
-            method,
-            signer.clone(),
-        )
-        .await;
-        let exec_pid = executor.as_ref().map(|p| p.0.id());
-        let cpu_before = (exec_pid.map(cpu_seconds), cpu_seconds(echo.0.id()));
-        let started = Instant::now();
-        let (mut latencies, errors) = drive(sock, args.clients, args.duration, method, signer).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let cpu_after = (exec_pid.map(cpu_seconds), cpu_seconds(echo.0.id()));
-        latencies.sort_unstable();
-        let requests = latencies.len();
-        let per_req = |before: f64, after: f64| (after - before) / requests.max(1) as f64 * 1e6;
-        rows.push(Row {
-            config: *config,
-            what,
-            requests,
-            errors,
-            rps: requests as f64 / elapsed,
-            p50_us: percentile(&latencies, 0.50),
-            p90_us: percentile(&latencies, 0.90),
-            p99_us: percentile(&latencies, 0.99),
-            max_us: latencies.last().copied().unwrap_or(0),
-            executor_cpu_us_per_req: cpu_before.0.zip(cpu_after.0).map(|(b, a)| per_req(b, a)),
-            service_cpu_us_per_req: per_req(cpu_before.1, cpu_after.1),
-            executor_peak_rss_mib: exec_pid.map(peak_rss_mib),
-            ratio_to_a: None,
-        });
-        drop(executor);
-        let _ = std::fs::remove_file(sockets.join("hero_executor/rpc.sock"));
-        let _ = std::fs::remove_file(sockets.join("hero_executor/rest.sock"));
+    let setup = Setup {
+        tmp,
+        sockets,
+        echo,
+        echo_sock,
+        key: SigningKey::from_bytes(&[42; 32]),
+        policy_path,
+    };
+    let mut runs: Vec<(char, usize)> = args.configs.iter().map(|c| (*c, args.clients)).collect();
+    if args.clients != 1 {
+        runs.extend(args.single.iter().map(|c| (*c, 1)));
     }
-    let base = rows.iter().find(|r| r.config == 'a').map(|r| r.rps);
-    for row in &mut rows {
-        row.ratio_to_a = base.map(|b| row.rps / b);
+    let mut rows = Vec::new();
+    for (config, clients) in runs {
+        if let Some(row) = measure(config, clients, args.duration, &setup).await? {
+            rows.push(row);
+        }
     }
-
-    println!(
-        "clients {}, {} s per configuration, {} cores",
-        args.clients,
-        args.duration.as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!(
-        "{:<3} {:<38} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>6} {:>11} {:>11} {:>8} {:>6}",
-        "",
-        "configuration",
-        "requests",
-        "req/s",
-        "p50us",
-        "p90us",
-        "p99us",
-        "max_us",
-        "errors",
-        "exec_cpu_us",
-        "svc_cpu_us",
-        "rss_mib",
-        "vs_a"
-    );
-    for r in &rows {
-        let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
-        println!(
-            "{:<3} {:<38} {:>9} {:>8.0} {:>7} {:>7} {:>7} {:>8} {:>6} {:>11} {:>11.1} {:>8} {:>6}",
-            r.config,
-            r.what,
-            r.requests,
-            r.rps,
-            r.p50_us,
-            r.p90_us,
-            r.p99_us,
-            r.max_us,
-            r.errors,
-            opt(r.executor_cpu_us_per_req, 1),
-            r.service_cpu_us_per_req,
-            opt(r.executor_peak_rss_mib, 1),
-            opt(r.ratio_to_a, 2)
-        );
-    }
+    ratios(&mut rows);
+    print(&rows, args.duration);
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
