@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::error::Failure;
 
 /// The protocol a request came in through; recorded on every run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Surface {
     Openrpc,

@@ -306,3 +306,43 @@ async fn sigterm_under_load_drains_cleanly() {
     assert!(status.success());
     assert_runs(&node, &answered, &["running", "interrupted"]).await;
 }
+
+/// Invariant: a run's record is in the journal (`hero_executor.journal`, beside the
+/// database) before its call is forwarded and answered, and what the journal holds is
+/// folded into SQLite at the next start: with the database's copy of the runs gone after a
+/// SIGKILL (as if the writer had not folded them yet), a restart brings every answered
+/// call back as a final run; a torn record at the journal's end (a kill in the middle of a
+/// write) is discarded, and the daemon starts clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_folded_at_start_and_a_torn_record_is_dropped() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let daemon = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
+    let mut answered = Vec::new();
+    for i in 0..20 {
+        let response = rpc(&node.rpc_sock(), "echo.echo", json!({"message": format!("m{i}")})).await;
+        assert_eq!(response["result"]["message"], format!("m{i}"), "{response}");
+        let listed = rpc(&node.rpc_sock(), "runs.list", json!({"limit": 1})).await;
+        answered.push(listed["result"]["runs"][0]["id"].as_str().unwrap().to_owned());
+    }
+    signal(daemon.0.id(), rustix::process::Signal::KILL);
+    drop(daemon);
+    let journal = node.data_dir().join("hero_executor.journal");
+    assert!(std::fs::metadata(&journal).unwrap().len() > 0, "the runs are journaled");
+    // The database loses its copy; the journal gains a record cut short.
+    let db = rusqlite::Connection::open(node.data_dir().join("hero_executor.db")).unwrap();
+    assert_eq!(db.execute("DELETE FROM runs", []).unwrap(), 20);
+    drop(db);
+    let mut torn = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    std::io::Write::write_all(&mut torn, &[200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"']).unwrap();
+    drop(torn);
+
+    let _restarted = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
+    for id in &answered {
+        let run = rpc(&node.rpc_sock(), "runs.get", json!({"run_id": id})).await;
+        assert_eq!(run["result"]["status"], "succeeded", "answered call {id}: {run}");
+        assert!(run["result"]["result"]["message"].is_string(), "its result too: {run}");
+    }
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "folded, then emptied");
+    assert!(node.daemon_log().contains("torn or corrupt"), "{}", node.daemon_log());
+}

@@ -57,13 +57,12 @@ impl Forwarder {
             )))
         };
         self.record_end(&run_id, outcome.as_deref())
-            .await
             .map_err(|e| Failure::with_run(e, &run_id))?;
         outcome.map_err(|e| Failure::with_run(e, run_id))
     }
 
     /// Records how a running run ended: its result (up to the storage cap) or its error.
-    async fn record_end(&self, run_id: &str, outcome: Result<&RawValue, &ExecError>) -> Result<(), ExecError> {
+    fn record_end(&self, run_id: &str, outcome: Result<&RawValue, &ExecError>) -> Result<(), ExecError> {
         let mut changes = Changes {
             finished_at: Some(now_ms()),
             ..Changes::default()
@@ -83,10 +82,7 @@ impl Forwarder {
                 }
             }
         };
-        self.runs
-            .transition(run_id, &[RunStatus::Running], status, changes)
-            .await?;
-        Ok(())
+        self.runs.finish(run_id, status, changes)
     }
 }
 

@@ -3,18 +3,19 @@
 //! [`Run`] is the record; [`store::RunStore`] keeps it in SQLite, written by one thread
 //! with group commit (`writer`), read off the async threads (`row` maps the columns).
 
+mod journal;
 mod row;
 pub mod store;
 mod writer;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::intent::Surface;
 use crate::policy::Verdict;
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     AwaitingApproval,
@@ -70,7 +71,7 @@ impl RunStatus {
 }
 
 /// One recorded execution.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     /// UUIDv7: sorts by creation time.
     pub id: String,

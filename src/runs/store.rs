@@ -4,6 +4,7 @@
 //! connection on blocking threads. Status changes are broadcast for `runs.wait`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
+use super::journal::{EntryRef, Journal};
 use super::row::{COLUMNS, from_row, uuid_v7_floor};
-use super::writer::{Job, Op, WalState, checkpoint_loop, writer_loop};
+use super::writer::{Folding, Job, Op, WalState, checkpoint_loop, fold_journal, writer_loop};
 use super::{Run, RunStatus, now_ms};
 use crate::db::{Db, DbError};
 use crate::error::ExecError;
@@ -25,7 +27,7 @@ pub struct RunEvent {
 }
 
 /// Fields set by a status transition (unset fields are left as they are).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Changes {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -69,6 +71,9 @@ pub struct RunStore {
     writer: mpsc::Sender<Job>,
     reader: Db,
     events: broadcast::Sender<RunEvent>,
+    journal: Arc<Journal>,
+    /// Journaled writes not yet folded into SQLite.
+    pending: Arc<AtomicU64>,
 }
 
 fn internal(e: impl std::fmt::Display) -> ExecError {
@@ -81,6 +86,15 @@ impl RunStore {
     /// writer thread.
     pub fn open(path: &Path, reader: Db) -> Result<Self, DbError> {
         let mut conn = Db::open_writer(path)?;
+        let io_error = |e: std::io::Error| DbError::from(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+        // What the last process journaled but did not fold comes first.
+        let (journal, unfolded) = Journal::open(&path.with_extension("journal")).map_err(io_error)?;
+        if !unfolded.is_empty() {
+            let folded = fold_journal(&mut conn, unfolded)?;
+            tracing::info!(records = folded, "run journal folded");
+        }
+        journal.empty_if_folded(0, true).map_err(io_error)?;
+        let journal = Arc::new(journal);
         let interrupted = conn.execute(
             "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'",
             params![now_ms()],
@@ -100,35 +114,67 @@ impl RunStore {
         let (events, _) = broadcast::channel(1024);
         let sender = events.clone();
         let shared = wal.clone();
-        let thread_error = |e: std::io::Error| DbError::from(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+        let pending = Arc::new(AtomicU64::new(0));
+        let folding = Folding {
+            journal: journal.clone(),
+            pending: pending.clone(),
+        };
         std::thread::Builder::new()
             .name("run-writer".into())
-            .spawn(move || writer_loop(&mut conn, rx, sender, &shared))
-            .map_err(thread_error)?;
+            .spawn(move || writer_loop(&mut conn, rx, sender, &shared, &folding))
+            .map_err(io_error)?;
         std::thread::Builder::new()
             .name("run-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpointer, &wal))
-            .map_err(thread_error)?;
+            .map_err(io_error)?;
         Ok(Self {
             writer: tx,
             reader,
             events,
+            journal,
+            pending,
         })
+    }
+
+    /// Queues a journaled write for the writer to fold; nobody waits for the fold.
+    fn fold_later(&self, op: Op) -> Result<(), ExecError> {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.writer
+            .send(Job { op, done: None })
+            .map_err(|_| internal("the writer thread stopped"))
+    }
+
+    /// Waits until every journaled write queued so far is in SQLite, so a read sees every
+    /// run whose call was answered.
+    async fn settled(&self) -> Result<(), ExecError> {
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            self.write(Op::Barrier).await?;
+        }
+        Ok(())
     }
 
     /// Queues a write and waits for its commit; returns the rows it changed.
     async fn write(&self, op: Op) -> Result<usize, ExecError> {
         let (done, wait) = oneshot::channel();
         self.writer
-            .send(Job { op, done })
+            .send(Job { op, done: Some(done) })
             .map_err(|_| internal("the writer thread stopped"))?;
         wait.await
             .map_err(|_| internal("the writer thread stopped"))?
             .map_err(internal)
     }
 
-    /// Records a new run. Fails with -32004 if the principal already used its idempotency key.
+    /// Records a new run. A run that binds an idempotency key is written to SQLite before
+    /// this returns (fails with -32004 if the key is taken); any other is journaled.
     pub async fn insert(&self, run: Run) -> Result<(), ExecError> {
+        let binds_key = run.idempotency_key.is_some()
+            && run.replay_of.is_none()
+            && (run.started_at.is_some() || run.expires_at.is_some());
+        if !binds_key {
+            // On the calling task, one `write`: the kernel has it once this returns.
+            self.journal.append(&EntryRef::insert(&run)).map_err(internal)?;
+            return self.fold_later(Op::Insert(Box::new(run)));
+        }
         let key = run.idempotency_key.clone();
         self.write(Op::Insert(Box::new(run)))
             .await
@@ -158,6 +204,25 @@ impl RunStore {
         Ok(self.write(op).await? > 0)
     }
 
+    /// Records how a running call ended (journaled: the forwarder does not need to know
+    /// whether the run was still `running`, e.g. cancelled meanwhile).
+    pub fn finish(&self, id: &str, to: RunStatus, changes: Changes) -> Result<(), ExecError> {
+        let from = [RunStatus::Running];
+        let entry = EntryRef::Transition {
+            id,
+            from: &from,
+            to,
+            changes: &changes,
+        };
+        self.journal.append(&entry).map_err(internal)?;
+        self.fold_later(Op::Transition {
+            id: id.to_owned(),
+            from: from.to_vec(),
+            to,
+            changes: Box::new(changes),
+        })
+    }
+
     /// Marks pending approvals whose deadline passed as `expired`; returns how many.
     pub async fn expire_due(&self) -> Result<usize, ExecError> {
         self.write(Op::ExpireDue { now: now_ms() }).await
@@ -173,6 +238,7 @@ impl RunStore {
 
     /// One run.
     pub async fn get(&self, id: &str) -> Result<Option<Run>, ExecError> {
+        self.settled().await?;
         let id = id.to_owned();
         self.reader
             .call(move |conn| {
@@ -193,6 +259,7 @@ impl RunStore {
         capability: &str,
         key: &str,
     ) -> Result<Option<Run>, ExecError> {
+        self.settled().await?;
         let scope = [principal, user.unwrap_or_default(), capability, key].map(str::to_owned);
         self.reader
             .call(move |conn| {
@@ -209,6 +276,7 @@ impl RunStore {
 
     /// Runs matching `filter`, newest first, and the cursor of the next page.
     pub async fn list(&self, filter: ListFilter) -> Result<(Vec<Run>, Option<String>), ExecError> {
+        self.settled().await?;
         let limit = filter.limit.clamp(1, 1000);
         let runs = self
             .reader

@@ -1,6 +1,9 @@
 //! The run writer: one thread owns a connection and commits whatever has queued up in one
-//! transaction (group commit), acknowledging each write after its commit; a second thread
-//! checkpoints the WAL into the database file beside it (see `checkpoint_loop`).
+//! transaction (group commit). A write is either journaled (already in the run journal, so
+//! nobody waits for it: the writer folds it into SQLite behind the calls) or acknowledged
+//! after its commit (decisions that need the database's answer, and barriers that reads
+//! take so they see everything queued before them). A second thread checkpoints the WAL
+//! into the database file beside it (see `checkpoint_loop`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
 use super::RunStatus;
+use super::journal::{Entry, Journal};
 use super::store::{Changes, RunEvent};
 use crate::runs::Run;
 
@@ -31,6 +35,8 @@ pub(super) enum Op {
         before: i64,
         status: Option<RunStatus>,
     },
+    /// Nothing: acknowledged once everything queued before it is committed.
+    Barrier,
 }
 
 /// What one write did: rows changed, and the status changes to broadcast.
@@ -40,10 +46,11 @@ pub(super) struct Applied {
     events: Vec<RunEvent>,
 }
 
-/// A write and who waits for its commit (the rows it changed, or why it failed).
+/// A write and who waits for its commit (the rows it changed, or why it failed); `None`
+/// for a journaled write, which nobody waits for.
 pub(super) struct Job {
     pub op: Op,
-    pub done: oneshot::Sender<Result<usize, String>>,
+    pub done: Option<oneshot::Sender<Result<usize, String>>>,
 }
 
 /// Most writes committed in one transaction.
@@ -102,13 +109,24 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1))
 }
 
+/// What the writer shares with the store about journaled writes.
+pub(super) struct Folding {
+    pub journal: Arc<Journal>,
+    /// Journaled writes queued and not yet folded (reads wait for them when there are any).
+    pub pending: Arc<AtomicU64>,
+}
+
 pub(super) fn writer_loop(
     conn: &mut Connection,
     rx: mpsc::Receiver<Job>,
     events: broadcast::Sender<RunEvent>,
     wal: &Arc<WalState>,
+    folding: &Folding,
 ) {
+    let journal = &folding.journal;
     let mut last = 0;
+    // Journaled records folded since the journal was last emptied.
+    let mut folded = 0;
     while let Ok(first) = rx.recv() {
         // Whatever queued up meanwhile shares the commit. Under load (the last commit
         // carried several writes) the writer also waits a little for more: a commit costs
@@ -144,15 +162,33 @@ pub(super) fn writer_loop(
                         }
                         applied.rows
                     });
-                    let _ = job.done.send(result);
+                    match job.done {
+                        Some(done) => drop(done.send(result)),
+                        None => {
+                            folded += 1;
+                            folding.pending.fetch_sub(1, Ordering::SeqCst);
+                            if let Err(e) = result {
+                                tracing::error!(error = %e, "a journaled run write failed to fold");
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => {
+                // Journaled writes stay in the journal (it is not emptied while they are
+                // unfolded), and are folded at the next start.
                 tracing::error!(error = %e, "run store commit failed");
                 for job in batch {
-                    let _ = job.done.send(Err(e.to_string()));
+                    if let Some(done) = job.done {
+                        let _ = done.send(Err(e.to_string()));
+                    }
                 }
             }
+        }
+        match journal.empty_if_folded(folded, false) {
+            Ok(true) => folded = 0,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, journal = %journal.path().display(), "cannot empty the run journal"),
         }
         // Between commits, after the answers went out (checkpoint_loop says why).
         if wal.restart.swap(false, Ordering::Relaxed)
@@ -165,22 +201,25 @@ pub(super) fn writer_loop(
 
 fn apply(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
     match op {
-        Op::Insert(run) => insert(tx, run),
+        Op::Insert(run) => insert(tx, run, false),
+        Op::Barrier => Ok(Applied::default()),
         Op::Transition { id, from, to, changes } => transition(tx, id, from, *to, changes),
         Op::ExpireDue { now } => expire_due(tx, *now),
         Op::Prune { before, status } => prune(tx, *before, *status),
     }
 }
 
-fn insert(tx: &Transaction<'_>, run: &Run) -> rusqlite::Result<Applied> {
-    tx.prepare_cached(
-        "INSERT INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
+/// Inserts a run; `replaying` ignores one already there (folded before a restart).
+fn insert(tx: &Transaction<'_>, run: &Run, replaying: bool) -> rusqlite::Result<Applied> {
+    let verb = if replaying { "INSERT OR IGNORE" } else { "INSERT" };
+    tx.prepare_cached(&format!(
+        "{verb} INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
              input_sha256, input, input_truncated, idempotency_key, decision, rule, approvers, status, result,
              result_truncated, error, approver, decision_note, created_at, started_at, finished_at, expires_at,
              on_behalf_of, replay_of, cancelled_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-             ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
-    )?
+             ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+    ))?
     .execute(params![
         run.id,
         run.parent_id,
@@ -302,4 +341,24 @@ fn prune(tx: &Transaction<'_>, before: i64, status: Option<RunStatus>) -> rusqli
         rows: deleted,
         events: Vec::new(),
     })
+}
+
+/// Folds what the journal still held at start-up, in one transaction, before anything else
+/// is written: inserts already folded before the restart are ignored, and a transition
+/// already made finds its run no longer in `from`.
+pub(super) fn fold_journal(conn: &mut Connection, entries: Vec<Entry>) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let count = entries.len();
+    for entry in entries {
+        match entry {
+            Entry::Insert { run, input, result } => {
+                insert(&tx, &Entry::into_run(run, input, result), true)?;
+            }
+            Entry::Transition { id, from, to, changes } => {
+                transition(&tx, &id, &from, to, &changes)?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(count)
 }
