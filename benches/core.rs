@@ -75,7 +75,7 @@ fn signature_verification(c: &mut Criterion) {
     c.bench_function("verify a signed request (parse, digest, base, Ed25519)", |b| {
         b.iter(|| {
             verifier
-                .verify(&Method::POST, &uri, &headers, body, hero_executor::now_unix())
+                .verify(&Method::POST, &uri, &headers, body, hero_executor::now_unix(), None)
                 .unwrap()
                 .principal
         })

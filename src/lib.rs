@@ -94,9 +94,21 @@ pub fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Shared state of every router.
+/// Shared state of every router: one `Arc`, so the clones every request makes (a layer's
+/// state, an extractor's) cost one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub config: Arc<Config>,
     pub dispatcher: Arc<Dispatcher>,
     /// Verifies request signatures against the key registry.
@@ -155,7 +167,7 @@ impl AppState {
             config.policy.clone(),
             core,
         ));
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
             rate_limiter: Arc::new(limits::RateLimiter::new(config.rate_limit.0, config.rate_limit.1)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
@@ -165,7 +177,7 @@ impl AppState {
             server_key,
             own_uid,
             mcp_sessions: adapters::mcp::Sessions::new(mcp),
-        })
+        })))
     }
 }
 

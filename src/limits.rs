@@ -200,7 +200,7 @@ const EARLY_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// request is shed at once (503, `Retry-After: 1`) rather than queued. So a slow or
 /// greedy sender fills its own slots, not everyone's, and never the health check's. The
 /// slots are held until the answer's head is out.
-pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn admit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if crate::identity::is_open_route(request.uri().path()) {
         return next.run(request).await;
     }
@@ -209,7 +209,7 @@ pub async fn admit(State(state): State<AppState>, request: Request, next: Next) 
         Some(Peer::Tcp(addr)) => format!("tcp:{}", addr.ip()),
         None => "unknown".to_owned(),
     };
-    let claimed = match crate::identity::precheck(&state, &request) {
+    let claimed = match crate::identity::precheck(&state, &mut request) {
         Ok(claimed) => claimed,
         Err(error) => return refuse_early(&state, request, &peer, error).await,
     };

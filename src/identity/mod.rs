@@ -122,10 +122,12 @@ pub fn refuse<B>(request: &http::Request<B>, error: ExecError) -> Response {
 /// read: an unsigned request from a peer that is not trusted, or a signature by a key that
 /// is not enrolled, revoked or stale, is refused without waiting for a body. Returns who the
 /// request claims to be (the keyid, or the trusted peer), to count its slots by.
-pub fn precheck<B>(state: &AppState, request: &http::Request<B>) -> Result<String, ExecError> {
+pub fn precheck<B>(state: &AppState, request: &mut http::Request<B>) -> Result<String, ExecError> {
     let headers = request.headers();
     if headers.contains_key("signature") || headers.contains_key("signature-input") {
-        return state.verifier.precheck(headers, crate::now_unix());
+        let (keyid, parsed) = state.verifier.precheck(headers, crate::now_unix())?;
+        request.extensions_mut().insert(parsed);
+        return Ok(keyid);
     }
     let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
     // rpc.discover is open: its body (not yet read) decides, so an unsigned POST /rpc passes.
@@ -158,9 +160,10 @@ fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ExecError
         .map(|b| b.0.clone())
         .unwrap_or_default();
     let now = crate::now_unix();
+    let parsed = request.extensions().get::<verify::Parsed>();
     let verified = state
         .verifier
-        .verify(request.method(), request.uri(), request.headers(), &body, now)?;
+        .verify(request.method(), request.uri(), request.headers(), &body, now, parsed)?;
     rate_limited(state, &verified.principal.id)?;
     state.verifier.remember(&verified, now)?;
     request.extensions_mut().insert(verified.signature);

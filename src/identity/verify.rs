@@ -42,6 +42,11 @@ impl Default for SignatureRules {
     }
 }
 
+/// The signature headers of a request as [`Verifier::precheck`] parsed them, kept in the
+/// request so the full verification does not parse them again.
+#[derive(Debug, Clone)]
+pub struct Parsed(Arc<Vec<signature::ParsedSignature>>);
+
 /// A request whose signature verified, and whose nonce is not yet remembered.
 #[derive(Debug)]
 pub struct Verified {
@@ -92,14 +97,17 @@ impl Verifier {
     /// The checks a signature passes before its body is read: it parses, names an enrolled
     /// key that is not revoked, and its parameters are fresh. Returns the keyid it claims
     /// (not yet proven: [`Verifier::verify`] does that with the body).
-    pub fn precheck(&self, headers: &HeaderMap, now: i64) -> Result<String, ExecError> {
-        let input = joined(headers, "signature-input")?;
-        let sig = joined(headers, "signature")?;
-        let signatures =
-            signature::parse_signatures(&input, &sig, self.rules.max_signatures).map_err(|e| unauth(e.0))?;
+    pub fn precheck(&self, headers: &HeaderMap, now: i64) -> Result<(String, Parsed), ExecError> {
+        let signatures = self.parse(headers)?;
         let (s, key) = self.first_enrolled(&signatures)?;
         self.check_params(s, now)?;
-        Ok(key.keyid.clone())
+        Ok((key.keyid.clone(), Parsed(Arc::new(signatures))))
+    }
+
+    fn parse(&self, headers: &HeaderMap) -> Result<Vec<signature::ParsedSignature>, ExecError> {
+        let input = joined(headers, "signature-input")?;
+        let sig = joined(headers, "signature")?;
+        signature::parse_signatures(&input, &sig, self.rules.max_signatures).map_err(|e| unauth(e.0))
     }
 
     /// The first signature by an enrolled key (the one that counts), and the key; a revoked
@@ -127,6 +135,7 @@ impl Verifier {
     }
 
     /// Verifies the request's signature at time `now` (Unix seconds); `body` is the whole body.
+    /// `parsed` is what [`Verifier::precheck`] parsed of the same headers, if it ran.
     pub fn verify(
         &self,
         method: &Method,
@@ -134,12 +143,17 @@ impl Verifier {
         headers: &HeaderMap,
         body: &[u8],
         now: i64,
+        parsed: Option<&Parsed>,
     ) -> Result<Verified, ExecError> {
-        let input = joined(headers, "signature-input")?;
-        let sig = joined(headers, "signature")?;
-        let signatures =
-            signature::parse_signatures(&input, &sig, self.rules.max_signatures).map_err(|e| unauth(e.0))?;
-        let (s, key) = self.first_enrolled(&signatures)?;
+        let owned;
+        let signatures: &[signature::ParsedSignature] = match parsed {
+            Some(parsed) => &parsed.0,
+            None => {
+                owned = self.parse(headers)?;
+                &owned
+            }
+        };
+        let (s, key) = self.first_enrolled(signatures)?;
         let created = self.check_params(s, now)?;
         for required in required_components(uri, headers, body) {
             if !s.covers(&required) {

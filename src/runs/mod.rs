@@ -123,6 +123,20 @@ pub struct Run {
 }
 
 impl Run {
+    /// Applies a transition to `to` with `changes` to this record (as the store's
+    /// transition would to its row).
+    pub(crate) fn end(&mut self, to: RunStatus, changes: store::Changes) {
+        self.status = to;
+        self.started_at = changes.started_at.or(self.started_at);
+        self.finished_at = changes.finished_at.or(self.finished_at);
+        self.result = changes.result.or(self.result.take());
+        self.result_truncated |= changes.result_truncated;
+        self.error = changes.error.or(self.error.take());
+        self.approver = changes.approver.or(self.approver.take());
+        self.decision_note = changes.decision_note.or(self.decision_note.take());
+        self.cancelled_by = changes.cancelled_by.or(self.cancelled_by.take());
+    }
+
     /// Wall time from start to finish, in milliseconds.
     pub fn duration_ms(&self) -> Option<i64> {
         Some(self.finished_at? - self.started_at?)

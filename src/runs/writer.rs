@@ -56,8 +56,9 @@ pub(super) struct Job {
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// How long a loaded writer waits for more writes to share a commit.
-const LINGER: Duration = Duration::from_micros(100);
+/// How long a loaded writer waits for more writes to share a commit (and for the ends of
+/// the calls it folds to join their inserts).
+const LINGER: Duration = Duration::from_micros(1000);
 
 /// A commit of at least this many writes means load: the next one lingers.
 const LINGER_AFTER: usize = 4;
@@ -104,6 +105,42 @@ pub(super) fn checkpoint_loop(conn: &Connection, wal: &Arc<WalState>) {
     let _ = checkpoint(conn);
 }
 
+/// Merges the end of a journaled call into its run's insert when both are in one batch: one
+/// row written once instead of inserted, then updated (the journal already holds both, so
+/// nothing is lost by folding them together). The end is left a barrier, so its place in
+/// the batch (and its acknowledgement count) stays.
+fn coalesce(batch: &mut [Job]) {
+    let mut inserted: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for i in 0..batch.len() {
+        if batch[i].done.is_some() {
+            // A decision on the run comes between: keep the order as it was.
+            if let Op::Transition { id, .. } = &batch[i].op {
+                inserted.remove(id);
+            }
+            continue;
+        }
+        match &batch[i].op {
+            Op::Insert(run) => {
+                inserted.insert(run.id.clone(), i);
+            }
+            Op::Transition { id, from, .. } => {
+                let Some(&at) = inserted.get(id) else { continue };
+                let Op::Insert(run) = &batch[at].op else { continue };
+                if !from.contains(&run.status) {
+                    continue;
+                }
+                let Op::Transition { to, changes, .. } = std::mem::replace(&mut batch[i].op, Op::Barrier) else {
+                    continue;
+                };
+                if let Op::Insert(run) = &mut batch[at].op {
+                    run.end(to, *changes);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A PASSIVE checkpoint; returns how many frames the WAL holds.
 fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1))
@@ -143,6 +180,7 @@ pub(super) fn writer_loop(
             }
         }
         last = batch.len();
+        coalesce(&mut batch);
         let outcome = (|| {
             let tx = conn.transaction()?;
             let results: Vec<Result<Applied, String>> = batch
