@@ -20,7 +20,9 @@
 //! latency percentiles, errors, CPU per request of the middle hop (executor or proxy) and
 //! of the service (from /proc), the hop's peak RSS, each row's throughput as a ratio of
 //! `a` and of the proxy at the same concurrency, its CPU per request as a ratio of the
-//! proxy's, and its p50 added over `a`.
+//! proxy's, and its p50 added over `a`. Last, it holds `--idle` (10,000) keep-alive
+//! connections to the executor, one call made on each, and reports its RSS, and how many
+//! answer a second call.
 //!
 //! `cargo run --release --example bench -- [--clients 32] [--duration 10] [--configs a,p,b,c,d,e] [--single a,p,b,c] [--out FILE]`
 
@@ -43,6 +45,8 @@ struct Args {
     configs: Vec<char>,
     /// Configurations run again with one client.
     single: Vec<char>,
+    /// Idle keep-alive connections held at the end (0: skipped).
+    idle: usize,
     out: PathBuf,
 }
 
@@ -52,6 +56,7 @@ fn args() -> Result<Args, String> {
         duration: Duration::from_secs(10),
         configs: vec!['a', 'p', 'b', 'c', 'd', 'e'],
         single: vec!['a', 'p', 'b', 'c'],
+        idle: 10_000,
         out: PathBuf::from("bench-results/bench.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -64,10 +69,11 @@ fn args() -> Result<Args, String> {
             }
             "--configs" => a.configs = value()?.split(',').filter_map(|c| c.chars().next()).collect(),
             "--single" => a.single = value()?.split(',').filter_map(|c| c.chars().next()).collect(),
+            "--idle" => a.idle = value()?.parse().map_err(|e| format!("--idle: {e}"))?,
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
                 return Err(
-                    "bench [--clients C] [--duration SECONDS] [--configs a,p,b,c,d,e] [--single a,p,b,c] [--out FILE]"
+                    "bench [--clients C] [--duration SECONDS] [--configs a,p,b,c,d,e] [--single a,p,b,c] [--idle N] [--out FILE]"
                         .into(),
                 );
             }
@@ -542,6 +548,49 @@ async fn measure(
     Ok(Some(row))
 }
 
+/// Opens `n` keep-alive connections to the executor, one call on each, and holds them
+/// idle; returns the executor's RSS (MiB) before and while they are held, and how many
+/// of them answered a second call afterwards.
+async fn idle_connections(n: usize, s: &Setup) -> Result<(f64, f64, usize), Box<dyn std::error::Error>> {
+    let target = target('b', s).await?.expect("the executor");
+    let pid = target.hop.as_ref().expect("a process").0.id();
+    let rss = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    let before = rss(pid);
+    let body = Bytes::from(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "echo.echo", "params": {"message": "idle"}}).to_string(),
+    );
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        let stream = tokio::net::UnixStream::connect(&target.sock).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        one_call(&mut sender, "/rpc", &body, &[], None)
+            .await
+            .map_err(|_| "a first call failed")?;
+        senders.push(sender);
+    }
+    let held = rss(pid);
+    let mut answered = 0;
+    for sender in &mut senders {
+        if let Ok((_, true, _)) = one_call(sender, "/rpc", &body, &[], None).await {
+            answered += 1;
+        }
+    }
+    drop(senders);
+    drop(target);
+    for socket in ["hero_executor/rpc.sock", "hero_executor/rest.sock"] {
+        let _ = std::fs::remove_file(s.sockets.join(socket));
+    }
+    Ok((before, held, answered))
+}
+
 /// Fills each row's ratios against `a` and the proxy at the same concurrency.
 fn ratios(rows: &mut [Row]) {
     let find = |rows: &[Row], config: char, clients: usize| {
@@ -649,10 +698,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     ratios(&mut rows);
     print(&rows, args.duration);
+    let idle = match args.idle {
+        0 => None,
+        n => {
+            let (before, held, answered) = idle_connections(n, &setup).await?;
+            println!(
+                "{n} idle keep-alive connections: executor RSS {before:.1} MiB before, {held:.1} MiB while held; \
+                 {answered} of {n} answered a second call"
+            );
+            Some(json!({"connections": n, "rss_before_mib": before, "rss_held_mib": held, "answered": answered}))
+        }
+    };
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let report = json!({"clients": args.clients, "duration_s": args.duration.as_secs_f64(), "rows": rows});
+    let report =
+        json!({"clients": args.clients, "duration_s": args.duration.as_secs_f64(), "rows": rows, "idle": idle});
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", args.out.display());
     Ok(())
