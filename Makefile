@@ -25,7 +25,7 @@ test: python-deps
 python-deps:
 	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r examples/requirements.txt
 
-## bench: load benchmark (direct, unsigned, signed, 1,000-rule policy); ARGS="--clients 32 --duration 10"
+## bench: load benchmark against a direct call and an nginx/haproxy anchor (apt-get install nginx haproxy); ARGS="--clients 32 --duration 10"
 bench:
 	$(CARGO) build --release --bins --examples
 	$(CARGO) run --release --example bench -- $(ARGS)

@@ -662,9 +662,20 @@ fn print(rows: &[Row], duration: Duration) {
     }
 }
 
+/// Raises this process's open-file limit to its hard limit (children inherit it), for the
+/// idle connections; returns the limit in force.
+fn raise_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
+    let files = raise_file_limit();
     let tmp = tempfile::tempdir()?;
     let sockets = tmp.path().join("sockets");
     let echo = Proc(
@@ -700,6 +711,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print(&rows, args.duration);
     let idle = match args.idle {
         0 => None,
+        n if (n as u64) * 2 + 256 > files => {
+            println!(
+                "{n} idle connections need {} open files; the limit is {files}: skipped",
+                n * 2 + 256
+            );
+            None
+        }
         n => {
             let (before, held, answered) = idle_connections(n, &setup).await?;
             println!(
