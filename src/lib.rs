@@ -7,18 +7,22 @@
 //! - [`server`]: binds the Unix sockets (and optional TCP), the lock file; the accept loop
 //!   with its connection limits; graceful shutdown.
 //! - `finish` (in this file): the tower layers every request passes, in order:
-//!   - [`limits`]: load shedding, the body buffered once under the size limit;
+//!   - [`limits`]: admission before any body is read (the identity checks the head allows,
+//!     slots per peer and in all, shed at once), the body buffered once under the size
+//!     limit and the read deadline;
 //!   - [`identity`]: who is asking ([`intent::Principal`]: a verified signature, else the
 //!     trusted local peer); [`identity::respond`] signs the answer;
-//!   - [`limits::rate_limit`] per principal; [`identity::context`]: hero context, claims and
-//!     user, combined into an [`intent::Caller`].
+//!   - the rate limit per principal (in the identity layer, before a nonce is remembered);
+//!     [`identity::context`]: hero context, claims and user, combined into an
+//!     [`intent::Caller`].
 //! - [`adapters`]: OpenRPC, REST and MCP translate the wire protocol into a typed
 //!   [`command::Command`], and nothing else.
 //! - [`command`]: every call from every surface, parsed once and applied in one `match`;
 //!   the executor's own methods are answered there, under the built-in rules of
 //!   [`access`] (reserved names, `executor.admin`, approvers).
 //! - [`dispatch`]: the core for a capability: [`catalog`] lookup, a [`policy`] decision
-//!   (an allow is a `Permit`), a [`runs`] record, params validation, then [`upstream`]
+//!   (an allow is a `Permit`), a [`runs`] record (journaled on the calling task, folded
+//!   into SQLite behind), params validation, then [`upstream`]
 //!   forwarding; approvals (decided again) in `dispatch::approvals`, what each caller may
 //!   see of the catalog in `dispatch::visibility`.
 //! - [`catalog`]: discovery of `<socket_dir>/<service>/rpc.sock` services.
