@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_LENGTH;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -150,14 +150,19 @@ impl Admission {
 
     /// A slot for `key`, if it has one free.
     fn try_acquire(&self, key: &str) -> Option<OwnedSemaphorePermit> {
+        self.try_acquire_scaled(key, 1)
+    }
+
+    /// A slot for `key`, whose slots are `scale` times the cap.
+    fn try_acquire_scaled(&self, key: &str, scale: usize) -> Option<OwnedSemaphorePermit> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.len() >= MAX_ADMISSION_KEYS && !slots.contains_key(key) {
             // Only the semaphores nobody holds a permit of are dropped.
-            slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < self.cap);
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
         }
         let semaphore = slots
             .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.cap)))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.cap * scale)))
             .clone();
         drop(slots);
         semaphore.try_acquire_owned().ok()
@@ -182,9 +187,30 @@ async fn refuse_early(state: &AppState, request: Request, peer: &str, error: Exe
     if slot.is_some()
         && let Ok(Ok(bytes)) = tokio::time::timeout(EARLY_BODY_WAIT, axum::body::to_bytes(body, EARLY_BODY_BYTES)).await
     {
+        // `rpc.discover` is open to anyone: answered here, as the OpenRPC surface would.
+        if request.uri().path() == "/rpc"
+            && let Some(answer) = open_discover(&bytes)
+        {
+            return answer;
+        }
         request.extensions_mut().insert(BufferedBody(bytes));
     }
     crate::identity::refuse(&request, error)
+}
+
+/// The answer to a body that is a single `rpc.discover` request, if it is one.
+fn open_discover(body: &[u8]) -> Option<Response> {
+    let request = serde_json::from_slice(body)
+        .ok()
+        .map(crate::jsonrpc::parse_request)?
+        .ok()?;
+    if request.method != "rpc.discover" {
+        return None;
+    }
+    let id = request.id?;
+    let result = crate::command::discover().ok()?;
+    let answer = crate::jsonrpc::success(&id, &result).get().to_owned();
+    Some(([(http::header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
 /// Largest body read from a request refused by its head, for its JSON-RPC id.
@@ -212,6 +238,21 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
     let claimed = match crate::identity::precheck(&state, &mut request) {
         Ok(claimed) => claimed,
         Err(error) => return refuse_early(&state, request, &peer, error).await,
+    };
+    // A claim is not proven before the body is read: one peer may claim several keys, so a
+    // peer (a uid, an address) has a total too, the trusted local owner excepted.
+    let total = match request.extensions().get::<ConnectInfo<Peer>>().map(|c| &c.0) {
+        _ if state.dispatcher.is_local_owner(&claimed) => None,
+        Some(Peer::Unix { uid, .. }) => Some(format!("total@unix:{uid:?}")),
+        Some(Peer::Tcp(addr)) => Some(format!("total@tcp:{}", addr.ip())),
+        None => Some("total@unknown".to_owned()),
+    };
+    let _peer_total = match total {
+        Some(key) => match state.admission.try_acquire_scaled(&key, 2) {
+            Some(slot) => Some(slot),
+            None => return reject_path(request.uri().path(), ExecError::Overloaded),
+        },
+        None => None,
     };
     let Some(_own) = state.admission.try_acquire(&format!("{claimed}@{peer}")) else {
         return reject_path(request.uri().path(), ExecError::Overloaded);

@@ -180,10 +180,10 @@ pub fn running_pid(config: &Config) -> Option<i32> {
     }
 }
 
-/// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
 /// How long serving waits for the first catalog refresh.
 const FIRST_REFRESH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Serves until `shutdown` completes, then stops accepting, lets in-flight calls finish
 /// (at most `config.drain_timeout`) and removes the socket files.
 pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = ()> + Send) {
     let config = state.config.clone();

@@ -309,30 +309,36 @@ async fn sigterm_under_load_drains_cleanly() {
 
 /// Invariant: a run's record is in the journal (`hero_executor.journal`, beside the
 /// database) before its call is forwarded and answered, and what the journal holds is
-/// folded into SQLite at the next start: with the database's copy of the runs gone after a
-/// SIGKILL (as if the writer had not folded them yet), a restart brings every answered
-/// call back as a final run; a torn record at the journal's end (a kill in the middle of a
-/// write) is discarded, and the daemon starts clean.
+/// folded into SQLite at the next start. With the database locked by another connection,
+/// the writer cannot fold, yet every call is answered (from the journal); after a SIGKILL
+/// and a restart every answered call is a final run; a torn record at the journal's end (a
+/// kill in the middle of a write) is discarded, and the daemon starts clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_journal_is_folded_at_start_and_a_torn_record_is_dropped() {
     let node = Node::new();
     let _echo = node.spawn_echo("echo");
     let daemon = node.spawn_daemon(&["--rate-limit-rps", "0"]).await;
+    let blocker = rusqlite::Connection::open(node.data_dir().join("hero_executor.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let mut answered = Vec::new();
-    for i in 0..20 {
-        let response = rpc(&node.rpc_sock(), "echo.echo", json!({"message": format!("m{i}")})).await;
-        assert_eq!(response["result"]["message"], format!("m{i}"), "{response}");
-        let listed = rpc(&node.rpc_sock(), "runs.list", json!({"limit": 1})).await;
-        answered.push(listed["result"]["runs"][0]["id"].as_str().unwrap().to_owned());
+    for _ in 0..20 {
+        // echo.whoami answers with the X-Hero-Run-Id it was called with: the run's id.
+        let response = rpc(&node.rpc_sock(), "echo.whoami", json!({})).await;
+        let run_id = response["result"]["run_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{response}"));
+        answered.push(run_id.to_owned());
     }
     signal(daemon.0.id(), rustix::process::Signal::KILL);
     drop(daemon);
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let count: i64 = blocker
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 0, "nothing was folded while the database was locked");
+    drop(blocker);
     let journal = node.data_dir().join("hero_executor.journal");
     assert!(std::fs::metadata(&journal).unwrap().len() > 0, "the runs are journaled");
-    // The database loses its copy; the journal gains a record cut short.
-    let db = rusqlite::Connection::open(node.data_dir().join("hero_executor.db")).unwrap();
-    assert_eq!(db.execute("DELETE FROM runs", []).unwrap(), 20);
-    drop(db);
     let mut torn = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
     std::io::Write::write_all(&mut torn, &[200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"']).unwrap();
     drop(torn);
@@ -341,7 +347,7 @@ async fn the_journal_is_folded_at_start_and_a_torn_record_is_dropped() {
     for id in &answered {
         let run = rpc(&node.rpc_sock(), "runs.get", json!({"run_id": id})).await;
         assert_eq!(run["result"]["status"], "succeeded", "answered call {id}: {run}");
-        assert!(run["result"]["result"]["message"].is_string(), "its result too: {run}");
+        assert!(run["result"]["result"]["run_id"].is_string(), "its result too: {run}");
     }
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "folded, then emptied");
     assert!(node.daemon_log().contains("torn or corrupt"), "{}", node.daemon_log());

@@ -70,7 +70,10 @@ pub struct Catalog {
     discover_timeout: Duration,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serializes publishing (not probing): two refreshes never race to swap snapshots.
-    publish_lock: tokio::sync::Mutex<()>,
+    /// Holds, per service, when the look behind its published finding began.
+    publish_lock: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// Counts looks at the socket directory (refreshes), to order their findings.
+    looks: std::sync::atomic::AtomicU64,
     /// Services whose probe failed, not probed again until their back-off passes.
     backoff: Backoff,
     /// One parse per service at a time, and the spec each parsed last.
@@ -88,7 +91,8 @@ impl Catalog {
             limits: SpecLimits::default(),
             discover_timeout,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
-            publish_lock: tokio::sync::Mutex::new(()),
+            publish_lock: tokio::sync::Mutex::new(HashMap::new()),
+            looks: std::sync::atomic::AtomicU64::new(0),
             backoff: Backoff::default(),
             parsing: Parsing::default(),
             changes: tokio::sync::watch::channel(0).0,
@@ -142,6 +146,9 @@ impl Catalog {
     /// service whose probe failed is not probed again until its back-off passes (1 s,
     /// doubling up to a minute), so calls to a service that never answers do not each wait.
     async fn refresh_inner(&self, only: Option<&[String]>) -> RefreshReport {
+        // Findings are ordered by when their look began: an older one never overwrites a
+        // newer one that was published first.
+        let started = self.looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let old = self.snapshot();
         let candidates: Vec<String> = match only {
             Some(names) => names.iter().filter(|n| is_target_name(n)).cloned().collect(),
@@ -149,11 +156,12 @@ impl Catalog {
         };
         if only.is_none() {
             // Gone since the last look (a service published meanwhile by a miss stays).
-            self.update(|services, unavailable| {
+            self.update(|services, unavailable, published| {
                 for name in old.services.keys().chain(old.unavailable.keys()) {
-                    if !candidates.contains(name) {
+                    if !candidates.contains(name) && published.get(name).is_none_or(|at| *at < started) {
                         services.remove(name);
                         unavailable.remove(name);
+                        published.insert(name.clone(), started);
                     }
                 }
             })
@@ -178,7 +186,11 @@ impl Catalog {
                 }
                 Err(_) => None,
             };
-            self.update(|services, unavailable| {
+            self.update(|services, unavailable, published| {
+                if published.get(name).is_some_and(|at| *at > started) {
+                    return; // a newer look at this service was published meanwhile
+                }
+                published.insert(name.clone(), started);
                 services.remove(name);
                 unavailable.remove(name);
                 match result {
@@ -193,15 +205,24 @@ impl Catalog {
         diff(&old, &now.services, &now.unavailable)
     }
 
-    /// Applies `change` to the latest snapshot's services and publishes the result.
+    /// Applies `change` to the latest snapshot's services (and to when each service's
+    /// published finding was looked at), and publishes the result.
     async fn update(
         &self,
-        change: impl FnOnce(&mut BTreeMap<String, Arc<ServiceSpec>>, &mut BTreeMap<String, String>),
+        change: impl FnOnce(
+            &mut BTreeMap<String, Arc<ServiceSpec>>,
+            &mut BTreeMap<String, String>,
+            &mut HashMap<String, u64>,
+        ),
     ) {
-        let _publishing = self.publish_lock.lock().await;
+        let mut published = self.publish_lock.lock().await;
         let latest = self.snapshot();
         let (mut services, mut unavailable) = (latest.services.clone(), latest.unavailable.clone());
-        change(&mut services, &mut unavailable);
+        change(&mut services, &mut unavailable, &mut published);
+        // Only services that exist (or were just seen to be gone) are remembered.
+        published.retain(|name, _| {
+            services.contains_key(name) || unavailable.contains_key(name) || latest.services.contains_key(name)
+        });
         self.publish(&latest, services, unavailable);
     }
 

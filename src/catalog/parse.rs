@@ -4,13 +4,15 @@
 //! [`SpecLimits::max_methods`] are skipped with a warning. `components` are kept once per
 //! service (an `Arc` every capability shares), never copied into each method's stored
 //! schema. A params schema is compiled with just the components it reaches beside it; each
-//! method may reach at most [`SpecLimits::max_refs_per_method`] components, and a service's
-//! methods at most [`SpecLimits::max_refs`] in all (what compiling costs), else the method
-//! is skipped with a warning. Patterns use the `regex` engine (linear time): a pattern it
+//! method may reach at most [`SpecLimits::max_refs_per_method`] components and carry at most
+//! [`SpecLimits::max_method_bytes`] of schema (its content descriptors, which it keeps, and
+//! the components its params and result reach), and a service's methods at most
+//! [`SpecLimits::max_refs`] and [`SpecLimits::max_service_bytes`] in all (what compiling
+//! and serving them costs), else the method is skipped with a warning. Patterns use the `regex` engine (linear time): a pattern it
 //! cannot run (backreferences, look-around) makes the method's schema refused, so no
 //! validation can take unbounded time and nothing is forwarded unvalidated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -29,6 +31,10 @@ pub struct SpecLimits {
     pub max_refs_per_method: usize,
     /// Most component references compiled across a service's methods.
     pub max_refs: usize,
+    /// Most bytes of schema one method carries (its descriptors and the components it reaches).
+    pub max_method_bytes: usize,
+    /// Most bytes of schema a service's methods carry in all.
+    pub max_service_bytes: usize,
 }
 
 impl Default for SpecLimits {
@@ -38,6 +44,8 @@ impl Default for SpecLimits {
             max_methods: 10_000,
             max_refs_per_method: 256,
             max_refs: 20_000,
+            max_method_bytes: 1024 * 1024,
+            max_service_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -72,10 +80,22 @@ pub fn parse_service(
         ));
     }
     let mut capabilities = BTreeMap::new();
-    let mut refs = 0;
+    let mut budget = Budget::default();
+    let mut descriptor_sizes = HashMap::new();
     for (index, method) in methods.iter().take(limits.max_methods).enumerate() {
+        // A method's descriptors are copied into it: measured before they are.
+        let descriptors = descriptor_bytes(method, &components, &mut descriptor_sizes);
+        if descriptors > limits.max_method_bytes {
+            let name = method.get("name").and_then(Value::as_str).unwrap_or("?");
+            let shown: String = name.chars().take(64).collect();
+            warnings.push(format!(
+                "{shown}: its content descriptors come to {descriptors} bytes (at most {}); skipped",
+                limits.max_method_bytes
+            ));
+            continue;
+        }
         let cap = parse_method(service, method, &components)
-            .and_then(|cap| compile(Capability { index, ..cap }, limits, &mut refs));
+            .and_then(|cap| compile(Capability { index, ..cap }, limits, &mut budget));
         match cap {
             Ok(cap) => {
                 if capabilities.insert(cap.method.clone(), Arc::new(cap)).is_some() {
@@ -97,26 +117,13 @@ pub fn parse_service(
 /// Compiles a method's params schema, with just the components it reaches beside it, within
 /// the budget of components a method and the whole service may reach (what compiling
 /// costs). A schema that does not compile, or is over budget, skips the method.
-fn compile(mut cap: Capability, limits: &SpecLimits, total: &mut usize) -> Result<Capability, String> {
+fn compile(mut cap: Capability, limits: &SpecLimits, budget: &mut Budget) -> Result<Capability, String> {
     let (schema, param_names) = params_schema(&cap.params);
     let names_ok = param_names.len() == cap.params.len();
     if !names_ok {
         return Err(format!("{}: a param without a name", cap.method));
     }
-    let reached = schema::reachable(&schema, &cap.components, limits.max_refs_per_method + 1).len();
-    if reached > limits.max_refs_per_method {
-        return Err(format!(
-            "{}: params reach more than {} components; skipped",
-            cap.method, limits.max_refs_per_method
-        ));
-    }
-    if *total + reached > limits.max_refs {
-        return Err(format!(
-            "{}: the service's schemas reach more than {} components in all; skipped",
-            cap.method, limits.max_refs
-        ));
-    }
-    *total += reached;
+    budget.charge(&cap, &schema, limits)?;
     let schema = schema::with_components(&schema, &cap.components);
     // OpenRPC 1.3 schemas are JSON Schema draft-07; nothing is fetched over the network.
     let validator = jsonschema::options()
@@ -127,6 +134,87 @@ fn compile(mut cap: Capability, limits: &SpecLimits, total: &mut usize) -> Resul
     cap.validator = Some(validator);
     cap.param_names = param_names;
     Ok(cap)
+}
+
+/// What a service's methods cost so far: components reached, and bytes of schema copied
+/// into each method (its content descriptors, and the components its params and result
+/// reach, which a self-contained schema carries).
+#[derive(Default)]
+struct Budget {
+    refs: usize,
+    bytes: usize,
+    /// Serialized size of each component, measured once.
+    sizes: HashMap<(String, String), usize>,
+}
+
+impl Budget {
+    fn charge(&mut self, cap: &Capability, params: &Value, limits: &SpecLimits) -> Result<(), String> {
+        let over = |what: String| Err(format!("{}: {what}; skipped", cap.method));
+        let reached = schema::reachable(params, &cap.components, limits.max_refs_per_method + 1);
+        let result = cap.result.as_ref().and_then(|r| r.get("schema"));
+        let result_reached = result.map(|r| schema::reachable(r, &cap.components, limits.max_refs_per_method + 1));
+        let refs = reached.len() + result_reached.as_ref().map_or(0, |r| r.len());
+        if refs > limits.max_refs_per_method {
+            return over(format!(
+                "params and result reach more than {} components",
+                limits.max_refs_per_method
+            ));
+        }
+        if self.refs + refs > limits.max_refs {
+            return over(format!(
+                "the service's schemas reach more than {} components in all",
+                limits.max_refs
+            ));
+        }
+        let mut bytes: usize = cap.params.iter().chain(&cap.result).map(json_size).sum();
+        for (kind, name) in reached.iter().chain(result_reached.iter().flatten()) {
+            let key = ((*kind).to_owned(), (*name).to_owned());
+            let components = &cap.components;
+            bytes += *self
+                .sizes
+                .entry(key)
+                .or_insert_with(|| components.get(*kind).and_then(|k| k.get(*name)).map_or(0, json_size));
+        }
+        if bytes > limits.max_method_bytes {
+            return over(format!(
+                "its schemas come to {bytes} bytes (at most {})",
+                limits.max_method_bytes
+            ));
+        }
+        if self.bytes + bytes > limits.max_service_bytes {
+            return over(format!(
+                "the service's schemas come to more than {} bytes in all",
+                limits.max_service_bytes
+            ));
+        }
+        self.refs += refs;
+        self.bytes += bytes;
+        Ok(())
+    }
+}
+
+/// Bytes of the content descriptors a method's params and result name in the components
+/// (what resolving them copies), each measured once.
+fn descriptor_bytes(method: &Value, components: &Value, sizes: &mut HashMap<String, usize>) -> usize {
+    let params = method.get("params").and_then(Value::as_array).into_iter().flatten();
+    params
+        .chain(method.get("result"))
+        .filter_map(|d| d.get("$ref").and_then(Value::as_str))
+        .filter_map(|r| r.strip_prefix("#/components/contentDescriptors/"))
+        .map(|key| {
+            *sizes.entry(key.to_owned()).or_insert_with(|| {
+                components
+                    .get("contentDescriptors")
+                    .and_then(|c| c.get(key))
+                    .map_or(0, json_size)
+            })
+        })
+        .sum()
+}
+
+/// Bytes of `value` as JSON.
+fn json_size(value: &Value) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX / 4, |v| v.len())
 }
 
 fn parse_method(service: &str, method: &Value, components: &Arc<Value>) -> Result<Capability, String> {
@@ -219,39 +307,41 @@ fn resolve_descriptor(descriptor: &Value, components: &Value) -> Value {
 }
 
 #[cfg(test)]
-mod measure {
+mod tests {
     use super::*;
 
-    fn rss() -> f64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+    fn spec(methods: usize, component: usize, descriptor: bool) -> String {
+        let big = json!({"type": "object", "description": "x".repeat(component)});
+        let param = match descriptor {
+            true => json!({"$ref": "#/components/contentDescriptors/Big"}),
+            false => json!({"name": "p", "schema": {"$ref": "#/components/schemas/Big"}}),
+        };
+        let methods: Vec<Value> = (0..methods)
+            .map(|i| json!({"name": format!("m{i}"), "params": [param]}))
+            .collect();
+        json!({"openrpc": "1.3.2", "info": {"title": "t", "version": "1"}, "methods": methods,
+               "components": {"schemas": {"Big": big}, "contentDescriptors": {"Big": {"name": "p", "schema": big}}}})
+        .to_string()
     }
 
+    /// What a method carries is counted in bytes, not only in components: one large
+    /// component named by every method cannot be copied once per method.
     #[test]
-    #[ignore]
-    fn what_a_wide_service_costs() {
-        let methods: Vec<Value> = (0..10_000)
-            .map(|i| json!({"name": format!("m{i}"), "params": [{"name": "n", "schema": {"type": "integer", "minimum": 0}}]}))
-            .collect();
-        let doc = json!({"openrpc": "1.3.2", "info": {"title": "w", "version": "1"}, "methods": methods}).to_string();
-        let before = rss();
-        let spec = parse_service("wide", &doc, String::new(), &SpecLimits::default()).unwrap();
-        let after = rss();
-        eprintln!(
-            "MEASURE {} capabilities: {:.1} MiB",
-            spec.capabilities.len(),
-            after - before
-        );
-        let before = rss();
-        let plain: Vec<jsonschema::Validator> = (0..10_000)
-            .map(|_| {
-                jsonschema::options()
-                    .build(&json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}))
-                    .unwrap()
-            })
-            .collect();
-        eprintln!("MEASURE plain validators: {:.1} MiB", rss() - before);
-        drop(plain);
+    fn schema_bytes_are_budgeted_per_method_and_per_service() {
+        let limits = SpecLimits::default();
+        for descriptor in [true, false] {
+            let over = parse_service("t", &spec(50, 2 << 20, descriptor), String::new(), &limits).unwrap();
+            assert!(
+                over.capabilities.is_empty(),
+                "2 MiB per method is over the per-method limit"
+            );
+            assert_eq!(over.warnings.len(), 50, "{:?}", &over.warnings[..1]);
+            let some = parse_service("t", &spec(100, 600 << 10, descriptor), String::new(), &limits).unwrap();
+            let kept = some.capabilities.len();
+            assert!(
+                (20..100).contains(&kept),
+                "{kept} methods of 600 KiB fit in 32 MiB in all"
+            );
+        }
     }
 }

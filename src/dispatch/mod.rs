@@ -129,6 +129,14 @@ impl Dispatcher {
         Ok(policy)
     }
 
+    /// Whether `principal` is the trusted local owner (while unsigned local calls are trusted).
+    pub fn is_local_owner(&self, principal: &str) -> bool {
+        self.config
+            .local_owner
+            .as_ref()
+            .is_some_and(|owner| owner.id == principal)
+    }
+
     /// How policy decides `capability` for `caller`.
     pub fn decide(&self, caller: &Caller, capability: &str, intent: &HeroIntent) -> Decision {
         self.policy().decide(subject(caller), capability, intent)
@@ -151,15 +159,20 @@ impl Dispatcher {
         if size <= VALIDATE_INLINE_BYTES {
             return capability.validate(params);
         }
-        let _turn = self
+        // The turn goes with the work: a caller that hangs up does not free it early.
+        let turn = self
             .validations
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| ExecError::Internal("validation pool closed".into()))?;
         let (capability, params) = (capability.clone(), params.cloned());
-        tokio::task::spawn_blocking(move || capability.validate(params.as_ref()))
-            .await
-            .map_err(|e| ExecError::Internal(format!("validation task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            capability.validate(params.as_ref())
+        })
+        .await
+        .map_err(|e| ExecError::Internal(format!("validation task failed: {e}")))?
     }
 
     /// Every capability of `snapshot` that `caller` may see, decided once per subject,

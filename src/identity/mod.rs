@@ -130,12 +130,9 @@ pub fn precheck<B>(state: &AppState, request: &mut http::Request<B>) -> Result<S
         return Ok(keyid);
     }
     let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone());
-    // rpc.discover is open: its body (not yet read) decides, so an unsigned POST /rpc passes.
-    match resolve_unsigned(state.config.unsigned_local, state.own_uid, peer) {
-        Ok(principal) => Ok(principal.id),
-        Err(_) if request.uri().path() == "/rpc" => Ok("anonymous".to_owned()),
-        Err(error) => Err(error),
-    }
+    // An untrusted peer's open `rpc.discover` is answered from its short body by the
+    // admission's early refusal (`limits`), never from a slot others need.
+    resolve_unsigned(state.config.unsigned_local, state.own_uid, peer).map(|principal| principal.id)
 }
 
 /// Inserts the verified [`Principal`] (and [`verify::VerifiedSignature`]) into the request, or

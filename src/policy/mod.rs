@@ -1,6 +1,6 @@
 //! Policy (DESIGN section 7): claims-based, default deny, most restrictive wins, explained.
 //!
-//! A TOML file ([`load`]) of `[[grant]]`s (holding a claim unlocks capabilities) and
+//! A TOML file (`load`) of `[[grant]]`s (holding a claim unlocks capabilities) and
 //! `[[guard]]`s (escalate to `require_approval` or `deny`, whatever the grants say).
 //!
 //! Decision, in order: a matching deny guard -> deny; no grant covers the capability ->
@@ -13,7 +13,7 @@
 //! ([`Policy::decide`]) and at approval time ([`Policy::decide_approved`]), so nothing is
 //! forwarded without a fresh decision.
 //!
-//! Rules are indexed by the service their patterns name ([`pattern`]), so a decision only
+//! Rules are indexed by the service their patterns name (`pattern`), so a decision only
 //! looks at the rules that can match its capability's service (and those whose first
 //! segment is a wildcard): a decision under 1,000 rules costs about as much as under ten.
 

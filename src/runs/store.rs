@@ -93,7 +93,7 @@ impl RunStore {
             let folded = fold_journal(&mut conn, unfolded)?;
             tracing::info!(records = folded, "run journal folded");
         }
-        journal.empty_if_folded(0, true).map_err(io_error)?;
+        journal.folded_all().map_err(io_error)?;
         let journal = Arc::new(journal);
         let interrupted = conn.execute(
             "UPDATE runs SET status = 'interrupted', finished_at = ?1 WHERE status = 'running'",
@@ -136,11 +136,15 @@ impl RunStore {
         })
     }
 
-    /// Queues a journaled write for the writer to fold; nobody waits for the fold.
-    fn fold_later(&self, op: Op) -> Result<(), ExecError> {
+    /// Queues a write journaled in `segment` for the writer to fold; nobody waits for it.
+    fn fold_later(&self, op: Op, segment: u64) -> Result<(), ExecError> {
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.writer
-            .send(Job { op, done: None })
+            .send(Job {
+                op,
+                done: None,
+                segment,
+            })
             .map_err(|_| internal("the writer thread stopped"))
     }
 
@@ -157,7 +161,11 @@ impl RunStore {
     async fn write(&self, op: Op) -> Result<usize, ExecError> {
         let (done, wait) = oneshot::channel();
         self.writer
-            .send(Job { op, done: Some(done) })
+            .send(Job {
+                op,
+                done: Some(done),
+                segment: 0,
+            })
             .map_err(|_| internal("the writer thread stopped"))?;
         wait.await
             .map_err(|_| internal("the writer thread stopped"))?
@@ -172,8 +180,8 @@ impl RunStore {
             && (run.started_at.is_some() || run.expires_at.is_some());
         if !binds_key {
             // On the calling task, one `write`: the kernel has it once this returns.
-            self.journal.append(&EntryRef::insert(&run)).map_err(internal)?;
-            return self.fold_later(Op::Insert(Box::new(run)));
+            let segment = self.journal.append(&EntryRef::insert(&run)).map_err(internal)?;
+            return self.fold_later(Op::Insert(Box::new(run)), segment);
         }
         let key = run.idempotency_key.clone();
         self.write(Op::Insert(Box::new(run)))
@@ -214,13 +222,14 @@ impl RunStore {
             to,
             changes: &changes,
         };
-        self.journal.append(&entry).map_err(internal)?;
-        self.fold_later(Op::Transition {
+        let segment = self.journal.append(&entry).map_err(internal)?;
+        let op = Op::Transition {
             id: id.to_owned(),
             from: from.to_vec(),
             to,
             changes: Box::new(changes),
-        })
+        };
+        self.fold_later(op, segment)
     }
 
     /// Marks pending approvals whose deadline passed as `expired`; returns how many.

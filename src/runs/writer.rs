@@ -51,6 +51,8 @@ pub(super) struct Applied {
 pub(super) struct Job {
     pub op: Op,
     pub done: Option<oneshot::Sender<Result<usize, String>>>,
+    /// The journal segment a journaled write is in.
+    pub segment: u64,
 }
 
 /// Most writes committed in one transaction.
@@ -62,6 +64,9 @@ const LINGER: Duration = Duration::from_micros(1000);
 
 /// A commit of at least this many writes means load: the next one lingers.
 const LINGER_AFTER: usize = 4;
+
+/// How long the writer waits before trying a failed commit again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// How often the checkpoint thread looks for new commits to copy into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -160,16 +165,21 @@ pub(super) fn writer_loop(
     wal: &Arc<WalState>,
     folding: &Folding,
 ) {
-    let journal = &folding.journal;
     let mut last = 0;
-    // Journaled records folded since the journal was last emptied.
-    let mut folded = 0;
-    while let Ok(first) = rx.recv() {
+    // Journaled writes whose commit failed: tried again first, never dropped.
+    let mut retry: Vec<Job> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut retry);
+        if batch.is_empty() {
+            match rx.recv() {
+                Ok(first) => batch.push(first),
+                Err(_) => break,
+            }
+        }
         // Whatever queued up meanwhile shares the commit. Under load (the last commit
         // carried several writes) the writer also waits a little for more: a commit costs
         // about the same for one write as for ten (the same few pages are written to the
         // WAL), and that wait is shorter than a commit. A lone caller never waits.
-        let mut batch = vec![first];
         if last >= LINGER_AFTER {
             std::thread::sleep(LINGER);
         }
@@ -181,58 +191,73 @@ pub(super) fn writer_loop(
         }
         last = batch.len();
         coalesce(&mut batch);
-        let outcome = (|| {
-            let tx = conn.transaction()?;
-            let results: Vec<Result<Applied, String>> = batch
-                .iter()
-                .map(|job| apply(&tx, &job.op).map_err(|e| e.to_string()))
-                .collect();
-            tx.commit()?;
-            wal.commits.fetch_add(1, Ordering::Relaxed);
-            Ok::<_, rusqlite::Error>(results)
-        })();
-        match outcome {
-            Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
-                    let result = result.map(|applied| {
-                        for event in applied.events {
-                            let _ = events.send(event);
-                        }
-                        applied.rows
-                    });
-                    match job.done {
-                        Some(done) => drop(done.send(result)),
-                        None => {
-                            folded += 1;
-                            folding.pending.fetch_sub(1, Ordering::SeqCst);
-                            if let Err(e) = result {
-                                tracing::error!(error = %e, "a journaled run write failed to fold");
-                            }
-                        }
-                    }
-                }
-            }
+        match commit(conn, &batch, wal) {
+            Ok(results) => settle(batch, results, &events, folding),
             Err(e) => {
-                // Journaled writes stay in the journal (it is not emptied while they are
-                // unfolded), and are folded at the next start.
-                tracing::error!(error = %e, "run store commit failed");
+                // Decisions get the error; journaled writes stay queued (and stay in the
+                // journal, which keeps what is not folded) and are tried again shortly.
+                tracing::error!(error = %e, "run store commit failed; journaled writes are retried");
                 for job in batch {
-                    if let Some(done) = job.done {
-                        let _ = done.send(Err(e.to_string()));
+                    match job.done {
+                        Some(done) => drop(done.send(Err(e.to_string()))),
+                        None => retry.push(job),
                     }
                 }
+                std::thread::sleep(RETRY_AFTER);
             }
-        }
-        match journal.empty_if_folded(folded, false) {
-            Ok(true) => folded = 0,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, journal = %journal.path().display(), "cannot empty the run journal"),
         }
         // Between commits, after the answers went out (checkpoint_loop says why).
         if wal.restart.swap(false, Ordering::Relaxed)
             && let Err(e) = checkpoint(conn)
         {
             tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
+        }
+    }
+}
+
+/// Applies a batch in one transaction; each write's own result, or the commit's failure.
+fn commit(conn: &mut Connection, batch: &[Job], wal: &WalState) -> rusqlite::Result<Vec<Result<Applied, String>>> {
+    let tx = conn.transaction()?;
+    let results: Vec<Result<Applied, String>> = batch
+        .iter()
+        .map(|job| apply(&tx, &job.op).map_err(|e| e.to_string()))
+        .collect();
+    tx.commit()?;
+    wal.commits.fetch_add(1, Ordering::Relaxed);
+    Ok(results)
+}
+
+/// After a commit: broadcasts what changed, answers who waits, and tells the journal
+/// which of its records are folded. A journaled write that failed on its own (not the
+/// commit) cannot succeed later either: it is logged and counted as folded.
+fn settle(
+    batch: Vec<Job>,
+    results: Vec<Result<Applied, String>>,
+    events: &broadcast::Sender<RunEvent>,
+    folding: &Folding,
+) {
+    let mut folded: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for (job, result) in batch.into_iter().zip(results) {
+        let result = result.map(|applied| {
+            for event in applied.events {
+                let _ = events.send(event);
+            }
+            applied.rows
+        });
+        match job.done {
+            Some(done) => drop(done.send(result)),
+            None => {
+                *folded.entry(job.segment).or_default() += 1;
+                folding.pending.fetch_sub(1, Ordering::SeqCst);
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "a journaled run write failed to fold");
+                }
+            }
+        }
+    }
+    for (segment, count) in folded {
+        if let Err(e) = folding.journal.folded(segment, count) {
+            tracing::warn!(error = %e, journal = %folding.journal.path().display(), "cannot trim the run journal");
         }
     }
 }

@@ -60,7 +60,9 @@ impl Default for McpLimits {
 #[derive(Clone)]
 pub struct Sessions {
     manager: Arc<LocalSessionManager>,
-    owners: Arc<Mutex<HashMap<String, String>>>,
+    owners: Arc<Mutex<HashMap<String, Owner>>>,
+    /// Event streams open per principal.
+    streams_by: Arc<Mutex<HashMap<String, usize>>>,
     /// Held while an `initialize` is counted and answered, so caps are not raced past.
     opening: Arc<tokio::sync::Mutex<()>>,
     streams: Arc<Semaphore>,
@@ -74,6 +76,7 @@ impl Sessions {
         Self {
             manager: Arc::new(manager),
             owners: Arc::default(),
+            streams_by: Arc::default(),
             opening: Arc::default(),
             streams: Arc::new(Semaphore::new(limits.max_streams)),
             limits,
@@ -85,26 +88,27 @@ impl Sessions {
         self.manager.clone()
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Owner>> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets sessions rmcp has closed (deleted, or idle past the keep-alive); returns how
     /// many are open in all and for `owner`.
-    async fn count(&self, owner: &str) -> (usize, usize) {
+    async fn count(&self, principal: &str) -> (usize, usize) {
         let live = self.manager.sessions.read().await;
         let mut owners = self.owners();
         owners.retain(|id, _| live.contains_key(id.as_str()));
-        let mine = owners.values().filter(|o| *o == owner).count();
+        let mine = owners.values().filter(|o| o.principal == principal).count();
         (owners.len(), mine)
     }
 
-    /// Why `owner` may not open another session, if it may not.
-    async fn refuse_opening(&self, owner: &str) -> Option<String> {
-        let (all, mine) = self.count(owner).await;
+    /// Why `principal` may not open another session, if it may not (whatever users it
+    /// acts for: the cap is the principal's).
+    async fn refuse_opening(&self, principal: &str) -> Option<String> {
+        let (all, mine) = self.count(principal).await;
         if mine >= self.limits.max_sessions_per_principal {
             return Some(format!(
-                "{owner} has {mine} MCP sessions open (at most {}): close one (DELETE /mcp)",
+                "{principal} has {mine} MCP sessions open (at most {}): close one (DELETE /mcp)",
                 self.limits.max_sessions_per_principal
             ));
         }
@@ -123,39 +127,55 @@ pub async fn guard(State(sessions): State<Sessions>, request: Request, next: Nex
     {
         return jsonrpc_error(&ExecError::Parse(e.to_string()), &Value::Null, StatusCode::BAD_REQUEST);
     }
-    // The owner is the principal and the user it acts for.
-    let Some(owner) = request.extensions().get::<Caller>().map(actor) else {
-        return next.run(request).await;
+    // The owner is the principal and the user it acts for; caps count the principal.
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        let error = ExecError::Unauthenticated("MCP needs an identity".into());
+        return jsonrpc_error(&error, &Value::Null, StatusCode::UNAUTHORIZED);
     };
+    let (owner, principal) = (actor(caller), caller.principal.id.clone());
     let session = request
         .headers()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     match session {
-        Some(session) => in_session(&sessions, &owner, &session, request, next).await,
-        None if request.method() == Method::POST => open(&sessions, owner, request, next).await,
+        Some(session) => in_session(&sessions, &owner, &principal, &session, request, next).await,
+        None if request.method() == Method::POST => open(&sessions, owner, principal, request, next).await,
         None => next.run(request).await,
     }
 }
 
 /// A request without a session id: an `initialize`, counted against the caps.
-async fn open(sessions: &Sessions, owner: String, request: Request, next: Next) -> Response {
+async fn open(sessions: &Sessions, owner: String, principal: String, request: Request, next: Next) -> Response {
     let _opening = sessions.opening.lock().await;
-    if let Some(why) = sessions.refuse_opening(&owner).await {
+    if let Some(why) = sessions.refuse_opening(&principal).await {
         tracing::info!(%owner, %why, "MCP session refused");
         return too_many(why);
     }
     let response = next.run(request).await;
     if let Some(opened) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
-        sessions.owners().insert(opened.to_owned(), owner);
+        sessions.owners().insert(
+            opened.to_owned(),
+            Owner {
+                actor: owner,
+                principal,
+            },
+        );
     }
     response
 }
 
-/// A request in a session: only its owner's; a `GET` stream is counted and time-limited.
-async fn in_session(sessions: &Sessions, owner: &str, session: &str, request: Request, next: Next) -> Response {
-    let known = sessions.owners().get(session).cloned();
+/// A request in a session: only its owner's; a `GET` stream is counted (in all and per
+/// principal) and time-limited.
+async fn in_session(
+    sessions: &Sessions,
+    owner: &str,
+    principal: &str,
+    session: &str,
+    request: Request,
+    next: Next,
+) -> Response {
+    let known = sessions.owners().get(session).map(|o| o.actor.clone());
     if known.as_deref() != Some(owner) {
         // Another's session (or none) is answered as rmcp answers an unknown session.
         let error = ExecError::NotFound("no such MCP session".into());
@@ -170,6 +190,12 @@ async fn in_session(sessions: &Sessions, owner: &str, session: &str, request: Re
             response
         }
         Method::GET => {
+            let Some(mine) = StreamSlot::take(sessions, principal) else {
+                return too_many(format!(
+                    "{principal} has {} MCP event streams open",
+                    sessions.limits.max_streams_per_principal()
+                ));
+            };
             let Ok(permit) = sessions.streams.clone().try_acquire_owned() else {
                 return too_many(format!("{} MCP event streams are open", sessions.limits.max_streams));
             };
@@ -178,13 +204,60 @@ async fn in_session(sessions: &Sessions, owner: &str, session: &str, request: Re
             let deadline = tokio::time::sleep(sessions.limits.stream_max);
             response.map(|body| {
                 let stream = body.into_data_stream().take_until(deadline).map(move |frame| {
-                    let _held = &permit;
+                    let _held = (&permit, &mine);
                     frame
                 });
                 Body::from_stream(stream)
             })
         }
         _ => next.run(request).await,
+    }
+}
+
+/// Who opened a session: the principal and user (`actor`), and the principal alone.
+#[derive(Debug, Clone)]
+struct Owner {
+    actor: String,
+    principal: String,
+}
+
+impl McpLimits {
+    /// Event streams one principal may hold: an eighth of all, at least one.
+    fn max_streams_per_principal(&self) -> usize {
+        (self.max_streams / 8).max(1)
+    }
+}
+
+/// One principal's event stream, counted while it lives.
+struct StreamSlot {
+    by: Arc<Mutex<HashMap<String, usize>>>,
+    principal: String,
+}
+
+impl StreamSlot {
+    fn take(sessions: &Sessions, principal: &str) -> Option<Self> {
+        let mut by = sessions.streams_by.lock().unwrap_or_else(|p| p.into_inner());
+        let open = by.entry(principal.to_owned()).or_default();
+        if *open >= sessions.limits.max_streams_per_principal() {
+            return None;
+        }
+        *open += 1;
+        Some(Self {
+            by: sessions.streams_by.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut by = self.by.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = by.get_mut(&self.principal) {
+            *open -= 1;
+            if *open == 0 {
+                by.remove(&self.principal);
+            }
+        }
     }
 }
 
