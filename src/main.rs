@@ -80,18 +80,20 @@ fn init_tracing(format: LogFormat) {
 
 /// Runs a client-side subcommand against the daemon.
 fn run_command(cli: &Cli, command: &hero_executor::cli::Command) -> ExitCode {
-    let result = hero_executor::config::default_socket_dir(cli.socket_dir.as_deref()).and_then(|socket_dir| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        runtime.block_on(hero_executor::cli::run(command, &socket_dir))
-    });
+    let result = hero_executor::config::default_socket_dir(cli.socket_dir.as_deref())
+        .map_err(hero_executor::cli::Failed::from)
+        .and_then(|socket_dir| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(hero_executor::cli::run(command, &socket_dir))
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hero_executor: {e}");
-            ExitCode::FAILURE
+        Err(failed) => {
+            eprintln!("hero_executor: {}", failed.message);
+            ExitCode::from(failed.code)
         }
     }
 }

@@ -90,7 +90,11 @@ async fn keygen_enrol_call_list_revoke() {
         ]
         .concat(),
     );
-    assert_eq!(denied.status.code(), Some(1));
+    assert_eq!(
+        denied.status.code(),
+        Some(7),
+        "a context the key may not use: unauthenticated"
+    );
     assert!(String::from_utf8_lossy(&denied.stderr).contains("-32005"));
 
     let out = ok(&cli(&node, &["keys", "list"]));
@@ -102,7 +106,7 @@ async fn keygen_enrol_call_list_revoke() {
 
     // The README's approval flow: held, listed, approved by the owner, collected by the agent.
     let held = cli(&node, &[&["call", "echo.counter.reset"][..], &signed].concat());
-    assert_eq!(held.status.code(), Some(1));
+    assert_eq!(held.status.code(), Some(3), "held for approval");
     let stderr = String::from_utf8_lossy(&held.stderr);
     assert!(stderr.contains("held for approval as run "), "{stderr}");
     let out = ok(&cli(&node, &["runs", "list", "--status", "awaiting_approval"]));
@@ -143,10 +147,82 @@ async fn keygen_enrol_call_list_revoke() {
         &node,
         &[&["call", "echo.echo", r#"{"message":"x"}"#][..], &signed].concat(),
     );
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(7), "a revoked key: unauthenticated");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("revoked"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// Exit codes a script can act on, `catalog`, `call --idempotency-key`, and paging runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_catalog_idempotency_and_paging() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let _executor = node.start(node.config()).await;
+    let code = |args: &[&str]| cli(&node, args).status.code();
+    assert_eq!(code(&["call", "echo.echo", r#"{"message":"x"}"#]), Some(0));
+    assert_eq!(
+        code(&["call", "echo.echo", r#"{"message":42}"#]),
+        Some(5),
+        "invalid params"
+    );
+    assert_eq!(code(&["call", "echo.nope"]), Some(5), "no such method");
+    assert_eq!(code(&["call", "hero_proc.kill"]), Some(4), "denied by policy");
+    assert_eq!(
+        code(&["call", "echo.fail", r#"{"code":-32000}"#]),
+        Some(6),
+        "the target's own error"
+    );
+    assert_eq!(code(&["call", "echo.counter.reset"]), Some(3), "held");
+    let out = ok(&cli(&node, &["runs", "list", "--status", "awaiting_approval"]));
+    let held = out
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        code(&["runs", "wait", &held, "--timeout-ms", "10"]),
+        Some(3),
+        "still pending"
+    );
+    ok(&cli(&node, &["runs", "cancel", &held]));
+    assert_eq!(code(&["runs", "wait", &held]), Some(4), "cancelled");
+
+    let listed = ok(&cli(&node, &["catalog", "list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("echo.counter.add") && l.contains("mutate-self")),
+        "{listed}"
+    );
+    let found = ok(&cli(&node, &["catalog", "search", "delay"]));
+    assert!(found.lines().nth(1).unwrap().starts_with("echo.sleep"), "{found}");
+    let described: serde_json::Value =
+        serde_json::from_str(&ok(&cli(&node, &["catalog", "describe", "echo.sleep"]))).unwrap();
+    assert_eq!(described["params_schema"]["required"], serde_json::json!(["ms"]));
+
+    let add = [
+        "call",
+        "echo.counter.add",
+        r#"{"amount":2}"#,
+        "--idempotency-key",
+        "once",
+    ];
+    let first = ok(&cli(&node, &add));
+    assert_eq!(ok(&cli(&node, &add)), first, "a retry gets the first outcome");
+    let counter: serde_json::Value = serde_json::from_str(&ok(&cli(&node, &["call", "echo.counter.get"]))).unwrap();
+    assert_eq!(counter["value"], 2, "the counter moved once");
+
+    let page = cli(&node, &["runs", "list", "--limit", "2", "--since", "1h"]);
+    let hint = String::from_utf8_lossy(&page.stderr).to_string();
+    let next = hint
+        .trim()
+        .strip_prefix("more runs: add --cursor ")
+        .unwrap_or_else(|| panic!("{hint}"));
+    let rest = ok(&cli(&node, &["runs", "list", "--limit", "1000", "--cursor", next]));
+    assert!(rest.lines().count() > 2, "{rest}");
+    assert_eq!(code(&["runs", "list", "--since", "soon"]), Some(5));
 }

@@ -2,7 +2,7 @@
 
 mod run;
 
-pub use run::run;
+pub use run::{Failed, run};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -279,9 +279,9 @@ impl Cli {
 pub enum Command {
     /// Generate an Ed25519 key pair for signing requests (PKCS#8 PEM, mode 0600)
     Keygen {
-        /// Where to write the private key; the public key goes to `<out>.pub`
-        #[arg(long, default_value = "hero_executor_key.pem")]
-        out: PathBuf,
+        /// Where to write the private key; the public key goes to `<out>.pub` [default: ~/hero/var/keys/hero_executor.pem, outside any checkout]
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Overwrite an existing file
         #[arg(long)]
         force: bool,
@@ -333,6 +333,43 @@ pub enum Command {
         /// X-Hero-User: act on behalf of this user (needs executor.impersonate)
         #[arg(long)]
         user: Option<String>,
+        /// Idempotency-Key: a retry with the same key (and params) gets the first call's outcome
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Find and describe the capabilities you may run
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+        #[command(flatten)]
+        auth: SigningArgs,
+    },
+}
+
+/// `hero_executor catalog ...`
+#[derive(Debug, Subcommand)]
+pub enum CatalogAction {
+    /// List every capability you may run
+    List {
+        /// Only this service
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Search capabilities by words in their name or description
+    Search {
+        /// Words to look for, e.g. "book search"
+        query: String,
+        /// Only this service
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many results (1-200)
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show one capability: params and result schemas, x-hero-intent, what policy decides
+    Describe {
+        /// `<service>.<method>`
+        capability: String,
     },
 }
 
@@ -341,12 +378,22 @@ pub enum Command {
 pub enum RunsAction {
     /// List runs, newest first
     List {
+        /// Only runs with this status: awaiting_approval, running, succeeded, failed, timed_out, denied, rejected, expired, cancelled, interrupted
         #[arg(long)]
         status: Option<String>,
+        /// Only runs of this capability (`<service>.<method>`)
         #[arg(long)]
         capability: Option<String>,
+        /// Only runs of this principal (others' runs need executor.admin)
         #[arg(long)]
         principal: Option<String>,
+        /// Only runs created since: Unix milliseconds, or a time ago such as 30s, 10m, 2h, 7d
+        #[arg(long)]
+        since: Option<String>,
+        /// Continue after this run id (the `next` a previous page printed)
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Rows per page (1-1000)
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Only the runs waiting for an approval you may give (your inbox)

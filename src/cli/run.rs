@@ -2,7 +2,7 @@
 //! [`crate::client`], printing for people.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
@@ -10,23 +10,69 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Command, KeysAction, PolicyAction, RunsAction, SigningArgs};
+use super::{CatalogAction, Command, KeysAction, PolicyAction, RunsAction, SigningArgs};
 use crate::client::{Client, ClientError, Signer, hero_headers};
 use crate::identity::signature::{private_key_pem, public_key_pem};
 
+/// A client command that did not succeed: what to print, and the exit code a script can
+/// act on (README, "Exit codes").
+#[derive(Debug)]
+pub struct Failed {
+    pub code: u8,
+    pub message: String,
+}
+
+/// Exit codes of the client commands.
+pub mod exit {
+    /// Anything else: the executor is unreachable, a file cannot be read, ...
+    pub const OTHER: u8 = 1;
+    /// The call is held for a human's approval (or a waited-for run is still pending).
+    pub const HELD: u8 = 3;
+    /// Denied: by policy, an approver's rejection, an expiry, a cancellation.
+    pub const DENIED: u8 = 4;
+    /// The input is invalid: params, names, a run or key that does not exist, a conflict.
+    pub const INVALID: u8 = 5;
+    /// The target failed: unavailable, timed out, answered garbage, or its own error.
+    pub const TARGET: u8 = 6;
+    /// Not authenticated: no acceptable signature, or a key not enrolled or revoked.
+    pub const UNAUTHENTICATED: u8 = 7;
+}
+
+impl From<String> for Failed {
+    fn from(message: String) -> Self {
+        Self {
+            code: exit::OTHER,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
 /// Runs a client command against the daemon whose sockets are under `socket_dir`.
-pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
+pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), Failed> {
     let rpc_sock = socket_dir.join(crate::SERVICE_NAME).join("rpc.sock");
     match command {
-        Command::Keygen { out, force } => keygen(out, *force),
+        Command::Keygen { out, force } => {
+            let out = match out {
+                Some(out) => out.clone(),
+                None => default_key_path()?,
+            };
+            Ok(keygen(&out, *force)?)
+        }
         Command::Keys { action, auth } => keys(&client(&rpc_sock, auth).await?, action).await,
         Command::Mcp { auth, direct_tools } => {
             let signer = match (&auth.key, &auth.keyid) {
                 (Some(key), Some(keyid)) => Some(Signer::load(key, keyid.clone()).map_err(show)?),
                 _ => None,
             };
-            crate::mcp_bridge::run_stdio_bridge(&rpc_sock, signer, *direct_tools).await
+            Ok(crate::mcp_bridge::run_stdio_bridge(&rpc_sock, signer, *direct_tools).await?)
         }
+        Command::Catalog { action, auth } => catalog(&client(&rpc_sock, auth).await?, action).await,
         Command::Runs { action, auth } => runs(&client(&rpc_sock, auth).await?, action).await,
         Command::Policy { action, auth } => policy(&client(&rpc_sock, auth).await?, action).await,
         Command::Call {
@@ -36,14 +82,20 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), String> {
             context,
             claims,
             user,
+            idempotency_key,
         } => {
-            let headers = hero_headers(*context, claims.as_deref(), user.as_deref()).map_err(show)?;
+            let mut headers = hero_headers(*context, claims.as_deref(), user.as_deref()).map_err(show)?;
+            if let Some(key) = idempotency_key {
+                let value = http::HeaderValue::from_str(key)
+                    .map_err(|_| Failed::from("--idempotency-key must be visible ASCII"))?;
+                headers.insert("idempotency-key", value);
+            }
             call(&client(&rpc_sock, auth).await?, capability, params.as_deref(), headers).await
         }
     }
 }
 
-async fn keys(client: &Client, action: &KeysAction) -> Result<(), String> {
+async fn keys(client: &Client, action: &KeysAction) -> Result<(), Failed> {
     match action {
         KeysAction::Add {
             keyid,
@@ -83,7 +135,7 @@ async fn keys(client: &Client, action: &KeysAction) -> Result<(), String> {
     Ok(())
 }
 
-async fn policy(client: &Client, action: &PolicyAction) -> Result<(), String> {
+async fn policy(client: &Client, action: &PolicyAction) -> Result<(), Failed> {
     let value = match action {
         PolicyAction::Check => client.rpc("policy.check", json!({}), HeaderMap::new()).await,
         PolicyAction::Explain {
@@ -109,7 +161,7 @@ async fn policy(client: &Client, action: &PolicyAction) -> Result<(), String> {
 }
 
 /// `call`: one capability; a held call says how to approve and collect it.
-async fn call(client: &Client, capability: &str, params: Option<&str>, headers: HeaderMap) -> Result<(), String> {
+async fn call(client: &Client, capability: &str, params: Option<&str>, headers: HeaderMap) -> Result<(), Failed> {
     let params = match params {
         None => json!({}),
         Some("-") => {
@@ -128,10 +180,13 @@ async fn call(client: &Client, capability: &str, params: Option<&str>, headers: 
             ..
         }) => {
             let run_id = data["run_id"].as_str().unwrap_or_default();
-            return Err(format!(
-                "held for approval as run {run_id}; an approver runs `hero_executor runs approve {run_id}`, \
-                 and `hero_executor runs wait {run_id}` collects the result"
-            ));
+            return Err(Failed {
+                code: exit::HELD,
+                message: format!(
+                    "held for approval as run {run_id}; an approver runs `hero_executor runs approve {run_id}`, \
+                     and `hero_executor runs wait {run_id}` collects the result"
+                ),
+            });
         }
         other => other.map_err(show)?,
     };
@@ -139,7 +194,7 @@ async fn call(client: &Client, capability: &str, params: Option<&str>, headers: 
     Ok(())
 }
 
-async fn runs(client: &Client, action: &RunsAction) -> Result<(), String> {
+async fn runs(client: &Client, action: &RunsAction) -> Result<(), Failed> {
     let rpc = |method: &'static str, params: Value| async move {
         client
             .rpc(method, crate::jsonrpc::without_nulls(params), HeaderMap::new())
@@ -151,15 +206,18 @@ async fn runs(client: &Client, action: &RunsAction) -> Result<(), String> {
             status,
             capability,
             principal,
+            since,
+            cursor,
             limit,
             inbox,
             json,
         } => {
             let inbox = inbox.then_some(true);
+            let since = since.as_deref().map(since_ms).transpose()?;
             let page = rpc(
                 "runs.list",
                 json!({"status": status, "capability": capability, "principal": principal, "limit": limit,
-                       "inbox": inbox}),
+                       "inbox": inbox, "since": since, "cursor": cursor}),
             )
             .await?;
             let runs = page["runs"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -168,10 +226,25 @@ async fn runs(client: &Client, action: &RunsAction) -> Result<(), String> {
             } else {
                 print_runs(runs);
             }
+            if let Some(next) = page["next_cursor"].as_str() {
+                eprintln!("more runs: add --cursor {next}");
+            }
         }
         RunsAction::Show { run_id } => print_json(&rpc("runs.get", json!({ "run_id": run_id })).await?),
         RunsAction::Wait { run_id, timeout_ms } => {
-            print_json(&rpc("runs.wait", json!({ "run_id": run_id, "timeout_ms": timeout_ms })).await?)
+            let run = rpc("runs.wait", json!({ "run_id": run_id, "timeout_ms": timeout_ms })).await?;
+            print_json(&run);
+            // A script waiting for a run learns how it ended from the exit code.
+            let code = match run["status"].as_str().unwrap_or_default() {
+                "succeeded" => return Ok(()),
+                "awaiting_approval" | "running" => exit::HELD,
+                "denied" | "rejected" | "expired" | "cancelled" => exit::DENIED,
+                _ => exit::TARGET,
+            };
+            return Err(Failed {
+                code,
+                message: format!("run {run_id} is {}", run["status"].as_str().unwrap_or("unknown")),
+            });
         }
         RunsAction::Approve { run_id, note } => {
             let run = rpc("runs.approve", json!({ "run_id": run_id, "note": note })).await?;
@@ -232,12 +305,27 @@ fn print_json(value: &Value) {
 
 /// A client of rpc.sock that signs with `--key` (if given) and verifies every response
 /// against the key the daemon publishes.
-async fn client(rpc_sock: &Path, auth: &SigningArgs) -> Result<Client, String> {
+async fn client(rpc_sock: &Path, auth: &SigningArgs) -> Result<Client, Failed> {
     let mut client = Client::new(rpc_sock);
     if let (Some(key), Some(keyid)) = (&auth.key, &auth.keyid) {
         client = client.with_signer(Signer::load(key, keyid.clone()).map_err(show)?);
     }
     client.trust_published_key().await.map_err(show)
+}
+
+/// `~/hero/var/keys/hero_executor.pem` (the directory made, mode 0700): keys live outside
+/// any checkout, where they cannot be committed by accident.
+fn default_key_path() -> Result<PathBuf, String> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or("$HOME is not set: give --out")?;
+    let dir = PathBuf::from(home).join("hero/var/keys");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir.join("hero_executor.pem"))
 }
 
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
@@ -333,6 +421,76 @@ fn ago(at: i64) -> String {
     }
 }
 
-fn show(e: ClientError) -> String {
-    e.to_string()
+/// A client error, with the exit code its JSON-RPC code stands for.
+fn show(e: ClientError) -> Failed {
+    let code = match &e {
+        ClientError::Rpc { code, .. } => match *code {
+            -32001 | -32005 => exit::UNAUTHENTICATED,
+            -32002 | -32011 => exit::DENIED,
+            -32010 => exit::HELD,
+            -32600 | -32601 | -32602 | -32003 | -32004 | -32700 => exit::INVALID,
+            -32603 | -32029 => exit::OTHER,
+            _ => exit::TARGET,
+        },
+        _ => exit::OTHER,
+    };
+    Failed {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// `--since`: Unix milliseconds, or a time ago (`30s`, `10m`, `2h`, `7d`).
+fn since_ms(text: &str) -> Result<i64, Failed> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let invalid = || Failed {
+        code: exit::INVALID,
+        message: format!("--since {text:?}: use Unix milliseconds or a time ago such as 30s, 10m, 2h, 7d"),
+    };
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let seconds: i64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    let count: i64 = number.parse().map_err(|_| invalid())?;
+    Ok(crate::runs::now_ms() - count.saturating_mul(seconds).saturating_mul(1000))
+}
+
+/// `hero_executor catalog ...`: the capabilities the caller may run.
+async fn catalog(client: &Client, action: &CatalogAction) -> Result<(), Failed> {
+    let rpc = |method: &'static str, params: Value| async move {
+        client
+            .rpc(method, crate::jsonrpc::without_nulls(params), HeaderMap::new())
+            .await
+            .map_err(show)
+    };
+    let listed = match action {
+        CatalogAction::Describe { capability } => {
+            print_json(&rpc("catalog.describe", json!({ "capability": capability })).await?);
+            return Ok(());
+        }
+        CatalogAction::List { service } => rpc("catalog.list", json!({ "service": service })).await?,
+        CatalogAction::Search { query, service, limit } => {
+            rpc(
+                "catalog.search",
+                json!({"query": query, "service": service, "limit": limit}),
+            )
+            .await?
+        }
+    };
+    println!("{:<40} {:<14} SUMMARY", "CAPABILITY", "SIDE EFFECT");
+    for cap in listed["capabilities"].as_array().into_iter().flatten() {
+        println!(
+            "{:<40} {:<14} {}",
+            cap["name"].as_str().unwrap_or_default(),
+            cap["x-hero-intent"]["side_effect_class"].as_str().unwrap_or("-"),
+            cap["summary"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
