@@ -21,9 +21,10 @@ test: python-deps
 	$(CARGO) build --examples
 	$(CARGO) test
 
-## python-deps: what examples/signed_call.py (and its test) needs, from PyPI
+## python-deps: what examples/signed_call.py and the console's browser test need, from PyPI
 python-deps:
-	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r examples/requirements.txt
+	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+		-r examples/requirements.txt -r tests/browser/requirements.txt
 
 ## bench: load benchmark against a direct call and an nginx/haproxy anchor (apt-get install nginx haproxy); ARGS="--clients 32 --duration 10"
 bench:

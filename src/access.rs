@@ -6,7 +6,7 @@
 //!   may run) and see, wait for and cancel its own runs.
 //! - A holder of one of a held run's approver claims sees that run while it waits, and may
 //!   approve or reject it, unless the run is its own (nobody approves their own run,
-//!   checked against every identity in both chains, the human included).
+//!   checked against the human when the caller acts for one, see [`is_own`]).
 //! - Everything else (keys, policy, prune, other principals' runs) needs `executor.admin`,
 //!   which full trust holds.
 
@@ -51,10 +51,29 @@ pub fn require_admin(caller: &Caller, what: &str) -> Result<(), ExecError> {
     )))
 }
 
-/// Whether the run was asked for by the caller: by its principal or by anyone in its chain.
+/// Whether the run was asked for by the caller. A caller acting for a human (`X-Hero-User`,
+/// e.g. the console behind a node's router) is that human: the run is its own when the
+/// human is anywhere in the run's chain, or when the same principal asked for it acting
+/// as itself. Any other caller is every identity of its chain: the run is its own when
+/// the two chains share one.
 pub fn is_own(caller: &Caller, run: &Run) -> bool {
-    let chain = caller.chain();
-    run.principal == caller.principal.id || run.chain.iter().any(|id| chain.contains(id))
+    match &caller.user {
+        Some(human) => run.chain.contains(human) || (run.principal == caller.principal.id && run.chain.len() == 1),
+        None => run.principal == caller.principal.id || run.chain.contains(&caller.principal.id),
+    }
+}
+
+/// How `caller` is recorded as an approver or canceller: its chain, the human included.
+pub fn actor(caller: &Caller) -> String {
+    match &caller.user {
+        Some(user) => format!("{} (for {user})", caller.principal.id),
+        None => caller.principal.id.clone(),
+    }
+}
+
+/// Whether `caller` decided `run` (approved or rejected it): it may see what it decided.
+pub fn decided(caller: &Caller, run: &Run) -> bool {
+    run.approver.as_deref() == Some(actor(caller).as_str())
 }
 
 /// Whether `caller` holds one of the claims that may decide `run`.
@@ -68,12 +87,26 @@ pub fn is_callers(caller: &Caller, run: &Run) -> bool {
     run.principal == caller.principal.id && caller.user.as_ref().is_none_or(|user| run.chain.get(1) == Some(user))
 }
 
-/// Whether `caller` may see `run`: its own, any for an admin, and a run waiting for an
-/// approval the caller may give (while it waits, and only then).
+/// Whether `caller` may see `run`: its own, any for an admin, one it decided, and a run
+/// waiting for an approval the caller may give (while it waits: an approver who did not
+/// decide it does not learn how it ended).
 pub fn may_see(caller: &Caller, run: &Run) -> bool {
     is_callers(caller, run)
         || is_admin(caller)
+        || decided(caller, run)
         || (run.status == RunStatus::AwaitingApproval && holds_approver_claim(caller, run))
+}
+
+/// The run as `caller` may read it: its outcome (result and error) only for the caller
+/// whose run it is and for an admin; an approver who decided it sees the rest.
+pub fn view(caller: &Caller, run: &Run) -> serde_json::Value {
+    let mut value = run.to_json();
+    if !(is_callers(caller, run) || is_admin(caller)) {
+        value["result"] = serde_json::Value::Null;
+        value["error"] = serde_json::Value::Null;
+        value["outcome_withheld"] = true.into();
+    }
+    value
 }
 
 /// Whether `caller` may cancel `run`: its own, or any for an admin.

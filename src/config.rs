@@ -118,6 +118,11 @@ impl Config {
     pub fn rest_socket(&self) -> PathBuf {
         self.own_socket_dir().join("rest.sock")
     }
+
+    /// `<socket_dir>/hero_executor/ui.sock` (the operator console).
+    pub fn ui_socket(&self) -> PathBuf {
+        self.own_socket_dir().join("ui.sock")
+    }
 }
 
 /// Resolves the socket dir: flag, then `$HERO_SOCKET_DIR`, then `$PATH_SOCKET`, then

@@ -66,7 +66,7 @@ pub fn service_spec(config: &Config, binary: &Path, args: &[String]) -> Value {
                 "HERO_EXECUTOR_DATA": config.data_dir.display().to_string(),
             },
             "is_process": true,
-            "kill_other": { "socket": [config.rpc_socket().display().to_string(), config.rest_socket().display().to_string()] },
+            "kill_other": { "socket": [config.rpc_socket().display().to_string(), config.rest_socket().display().to_string(), config.ui_socket().display().to_string()] },
             "health_checks": [{ "openrpc_socket": config.rpc_socket().display().to_string() }],
         }],
     })

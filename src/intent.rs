@@ -17,16 +17,19 @@ pub enum Surface {
     Openrpc,
     Rest,
     Mcp,
+    /// The operator console on `ui.sock` (its "try it" form).
+    Console,
 }
 
 impl Surface {
-    pub const ALL: [Surface; 3] = [Self::Openrpc, Self::Rest, Self::Mcp];
+    pub const ALL: [Surface; 4] = [Self::Openrpc, Self::Rest, Self::Mcp, Self::Console];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Openrpc => "openrpc",
             Self::Rest => "rest",
             Self::Mcp => "mcp",
+            Self::Console => "console",
         }
     }
 

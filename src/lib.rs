@@ -42,10 +42,12 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod dispatch;
 pub mod error;
 pub mod hero_proc;
+pub mod human;
 pub mod identity;
 pub mod intent;
 pub mod jsonrpc;
@@ -129,6 +131,14 @@ pub struct Shared {
     pub admission: Arc<limits::Admission>,
     /// Who opened each MCP session (shared by every listener that serves `/mcp`).
     pub mcp_sessions: adapters::mcp::Sessions,
+    /// The open `GET /api/v1/events` streams.
+    pub event_streams: Arc<adapters::rest::events::EventStreams>,
+    /// The console's templates.
+    pub views: console::Views,
+    /// The key of the console's anti-CSRF tokens (made at start-up).
+    pub csrf: console::CsrfKey,
+    /// Set when the daemon begins to stop: long-lived answers (event streams) end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -142,7 +152,7 @@ impl AppState {
         let server_key = Arc::new(ServerKey::load_or_create(&config.data_dir)?);
         let policy = Policy::load(config.policy.as_deref()).map_err(|errors| errors.join("\n"))?;
         let own = upstream::OwnSockets {
-            paths: vec![config.rpc_socket(), config.rest_socket()],
+            paths: vec![config.rpc_socket(), config.rest_socket(), config.ui_socket()],
         };
         let upstream = Upstream::new(config.socket_dir.clone(), config.max_response_bytes, own.clone())
             .with_target_limit(config.max_per_target);
@@ -181,6 +191,10 @@ impl AppState {
             server_key,
             own_uid,
             mcp_sessions: adapters::mcp::Sessions::new(mcp),
+            event_streams: Arc::default(),
+            views: console::Views::new(),
+            csrf: console::CsrfKey::generate(),
+            stopping: tokio::sync::watch::Sender::new(false),
         })))
     }
 }
@@ -199,6 +213,14 @@ pub fn rest_router(state: AppState) -> Router {
         adapters::hero::routes(SocketKind::Rest).merge(adapters::rest::routes()),
         state,
     )
+}
+
+/// The router of `ui.sock`: the operator console (pages, their actions, live events) and
+/// hero endpoints. The peer in front of it (a node's router) names the human with
+/// `X-Hero-User` and narrows the claims with `X-Hero-Claims`.
+pub fn ui_router(state: AppState) -> Router {
+    let routes = adapters::hero::routes(SocketKind::Ui).merge(console::routes(&state));
+    finish(routes, state).layer(from_fn(console::relay_for_humans))
 }
 
 /// The router of the optional TCP listener: OpenRPC, MCP and REST together.

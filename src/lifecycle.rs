@@ -25,11 +25,13 @@ pub fn info(config: &Config) -> String {
     struct Sockets {
         rpc: String,
         rest: String,
+        ui: String,
     }
     #[derive(serde::Serialize)]
     struct Protocols {
         rpc: Vec<&'static str>,
         rest: Vec<&'static str>,
+        ui: Vec<&'static str>,
     }
     let info = Info {
         name: crate::SERVICE_NAME,
@@ -41,10 +43,12 @@ pub fn info(config: &Config) -> String {
         sockets: Sockets {
             rpc: config.rpc_socket().display().to_string(),
             rest: config.rest_socket().display().to_string(),
+            ui: config.ui_socket().display().to_string(),
         },
         protocols: Protocols {
             rpc: vec!["openrpc", "mcp"],
             rest: vec!["rest"],
+            ui: vec!["ui"],
         },
     };
     toml::to_string(&info).unwrap_or_default()
@@ -151,8 +155,9 @@ async fn wait_until_down(config: &Config, timeout: Duration) -> Result<(), Strin
 
 fn where_(config: &Config) -> String {
     format!(
-        "rpc {}, rest {}",
+        "rpc {}, rest {}, console {}",
         config.rpc_socket().display(),
-        config.rest_socket().display()
+        config.rest_socket().display(),
+        config.ui_socket().display()
     )
 }

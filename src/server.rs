@@ -19,7 +19,7 @@ use crate::config::Config;
 use axum::extract::ConnectInfo;
 
 use crate::identity::Peer;
-use crate::{AppState, rest_router, rpc_router, tcp_router};
+use crate::{AppState, rest_router, rpc_router, tcp_router, ui_router};
 
 /// Async worker threads when `--workers` is not given: one per core less one, which the run
 /// writer thread keeps busy under load; at least one. On the 2-core benchmark machine one
@@ -55,6 +55,7 @@ pub enum StartError {
 pub struct Bound {
     rpc: UnixListener,
     rest: UnixListener,
+    ui: UnixListener,
     tcp: Option<TcpListener>,
     sockets: Vec<PathBuf>,
     /// Held for the daemon's lifetime: the OS releases it when the process ends.
@@ -97,6 +98,7 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     };
     let rpc = bind_unix(config.rpc_socket())?;
     let rest = bind_unix(config.rest_socket())?;
+    let ui = bind_unix(config.ui_socket())?;
     let tcp = match config.listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -108,6 +110,7 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     Ok(Bound {
         rpc,
         rest,
+        ui,
         tcp,
         sockets,
         _lock: lock,
@@ -213,12 +216,14 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
     let limits = ConnLimits::from(config.as_ref());
     servers.spawn(serve(bound.rpc, rpc_router(state.clone()), limits, stopped()));
     servers.spawn(serve(bound.rest, rest_router(state.clone()), limits, stopped()));
+    servers.spawn(serve(bound.ui, ui_router(state.clone()), limits, stopped()));
     if let Some(tcp) = bound.tcp {
         servers.spawn(serve(tcp, tcp_router(state.clone()), limits, stopped()));
     }
     tracing::info!(
         rpc = %config.rpc_socket().display(),
         rest = %config.rest_socket().display(),
+        console = %config.ui_socket().display(),
         tcp = ?config.listen,
         version = crate::VERSION,
         "hero_executor listening"
@@ -230,6 +235,7 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
         "shutting down: draining in-flight calls"
     );
     let _ = stop_tx.send(true);
+    let _ = state.stopping.send(true);
     let drained = tokio::time::timeout(config.drain_timeout, async {
         while servers.join_next().await.is_some() {}
     })

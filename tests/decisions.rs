@@ -659,8 +659,9 @@ async fn errors_keep_the_request_id_when_the_body_parsed() {
 
 // ---- Found in review: the edges of the same rules ------------------------------------
 
-/// An approver that waits on a held run does not get its outcome once it is decided, and
-/// the answer to the approval is the run as approved (`running`), never its result.
+/// An approver that waits on a held run does not get its outcome once it is decided (it
+/// sees that the run it approved ended, not the result), and the answer to the approval
+/// is the run as approved (`running`), never its result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_waiting_on_a_run_does_not_get_its_result() {
     let (s, _executor) = setup(Node::new(), |_| {}).await;
@@ -673,8 +674,16 @@ async fn an_approver_waiting_on_a_run_does_not_get_its_result() {
     let approved = call(&s.ops, "runs.approve", json!({ "run_id": run_id })).await.unwrap();
     assert_eq!(approved["status"], "running", "{approved}");
     assert!(approved["result"].is_null(), "{approved}");
-    let (code, _) = rpc_error("the approver's wait", waiting.await.unwrap());
-    assert_eq!(code, -32003, "the decided run is no longer the approver's to see");
+    let seen = waiting.await.unwrap().unwrap();
+    assert_eq!(seen["status"], "succeeded", "{seen}");
+    assert!(seen["result"].is_null() && seen["outcome_withheld"] == true, "{seen}");
+    let other = signed_client(&s.node, "ops2", &key(4));
+    enrol(&s.node, "ops2", &key(4), &["ops"], None).await;
+    let (code, _) = rpc_error(
+        "another approver's read",
+        call(&other, "runs.get", json!({ "run_id": run_id })).await,
+    );
+    assert_eq!(code, -32003, "an approver who did not decide it does not see it");
     let done = call(&s.agent, "runs.wait", json!({ "run_id": run_id })).await.unwrap();
     assert_eq!(done["status"], "succeeded", "the caller still collects it");
 }

@@ -14,6 +14,8 @@ use crate::{AppState, SERVICE_NAME, VERSION};
 pub enum SocketKind {
     Rpc,
     Rest,
+    /// `ui.sock`: the operator console.
+    Ui,
 }
 
 /// `/health` and `/.well-known/heroservice.json` for one socket.
@@ -32,6 +34,7 @@ async fn heroservice(kind: SocketKind, state: AppState) -> Response {
     let (protocol, socket, spec) = match kind {
         SocketKind::Rpc => ("openrpc", "rpc", "/openrpc.json"),
         SocketKind::Rest => ("rest", "rest", "/openapi.json"),
+        SocketKind::Ui => ("ui", "ui", "/"),
     };
     Json(json!({
         "protocol": protocol,

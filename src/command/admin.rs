@@ -47,7 +47,12 @@ pub(super) async fn keys_revoke(d: &Dispatcher, caller: &Caller, p: KeyRef) -> R
 pub(super) fn policy_get(d: &Dispatcher, caller: &Caller) -> Result<Value, ExecError> {
     require_admin(caller, "policy.get")?;
     let policy = d.policy();
-    Ok(json!({ "source": policy.source, "rules": policy.rule_count(), "text": policy.text }))
+    Ok(json!({
+        "source": policy.source,
+        "rules": policy.rule_count(),
+        "text": policy.text,
+        "in_force": policy.rules(),
+    }))
 }
 
 pub(super) fn explain(d: &Dispatcher, caller: &Caller, p: Explain) -> Result<Value, ExecError> {

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 pub use crate::identity::registry::NewKey;
 pub use admin::{Explain, KeyRef};
 pub use catalog::{CatalogList, CatalogSearch};
-pub use runs::{Approve, Reject, RunRef, RunsList, RunsPrune, RunsWait};
+pub use runs::{Approve, Reject, RunRef, RunsList, RunsPrune, RunsWait, list_filter};
 
 use crate::access;
 use crate::dispatch::Dispatcher;
@@ -194,7 +194,7 @@ impl Command {
             Self::CatalogRefresh => serde_json::to_value(d.catalog().refresh().await).unwrap_or_default(),
             Self::CatalogOpenrpc => catalog::openrpc(d, caller),
             Self::RunsList(p) => runs::list(d, caller, p).await?,
-            Self::RunsGet(p) => d.visible_run(caller, &p.run_id).await?.to_json(),
+            Self::RunsGet(p) => access::view(caller, &d.visible_run(caller, &p.run_id).await?),
             Self::RunsWait(p) => runs::wait(d, caller, p).await?,
             Self::RunsApprove(p) => d.approve(caller, &p.run_id, p.note).await?.to_json(),
             Self::RunsReject(p) => d.reject(caller, &p.run_id, p.reason).await?.to_json(),

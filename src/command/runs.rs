@@ -27,6 +27,8 @@ pub struct RunsList {
     pub cursor: Option<String>,
     /// Only the runs waiting for an approval the caller may give (its inbox).
     pub inbox: Option<bool>,
+    /// Statuses to leave out (e.g. `["denied"]` on a noisy node).
+    pub hide: Option<Vec<String>>,
 }
 
 /// `runs.get`, `runs.cancel`.
@@ -72,6 +74,14 @@ pub struct RunsPrune {
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 pub(super) async fn list(d: &Dispatcher, caller: &Caller, p: RunsList) -> Result<Value, ExecError> {
+    let filter = list_filter(caller, &p)?;
+    let (runs, next) = d.runs().list(filter).await?;
+    let runs: Vec<Value> = runs.iter().map(|run| access::view(caller, run)).collect();
+    Ok(json!({ "runs": runs, "next_cursor": next }))
+}
+
+/// The store's filter for `runs.list` as `caller`: what it asked for, within what it may see.
+pub fn list_filter(caller: &Caller, p: &RunsList) -> Result<ListFilter, ExecError> {
     let admin = access::is_admin(caller);
     if let Some(other) = &p.principal
         && !admin
@@ -89,35 +99,37 @@ pub(super) async fn list(d: &Dispatcher, caller: &Caller, p: RunsList) -> Result
             Claims::All => None,
             Claims::Only(set) => Some(set.iter().cloned().collect()),
         },
+        actor: access::actor(caller),
     };
     let inbox = p.inbox.unwrap_or(false);
     let filter = ListFilter {
         status: p.status.as_deref().map(status).transpose()?,
-        capability: p.capability,
-        principal: p.principal,
+        capability: p.capability.clone(),
+        principal: p.principal.clone(),
         since: p.since,
         limit: p.limit.unwrap_or(50),
-        cursor: p.cursor,
+        cursor: p.cursor.clone(),
         // An admin sees every run; others their own and those waiting for them.
         seen_by: (!admin).then(|| viewer.clone()),
         inbox: inbox.then_some(viewer),
+        hide: p.hide.iter().flatten().map(|s| status(s)).collect::<Result<_, _>>()?,
     };
     if !(1..=1000).contains(&filter.limit) {
         return Err(ExecError::invalid_params("limit must be between 1 and 1000"));
     }
-    let (runs, next) = d.runs().list(filter).await?;
-    Ok(json!({ "runs": runs.iter().map(|r| r.to_json()).collect::<Vec<_>>(), "next_cursor": next }))
+    Ok(filter)
 }
 
 pub(super) async fn wait(d: &Dispatcher, caller: &Caller, p: RunsWait) -> Result<Value, ExecError> {
     d.visible_run(caller, &p.run_id).await.map_err(|f| f.error)?;
     let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
     let run = d.runs().wait(&p.run_id, timeout).await?;
-    // An approver sees a run only while it waits: not the outcome it waited for.
+    // An approver sees a run only while it waits, and the one who decided it all but its
+    // outcome.
     if !access::may_see(caller, &run) {
         return Err(ExecError::NotFound(format!("no run {}", p.run_id)));
     }
-    Ok(run.to_json())
+    Ok(access::view(caller, &run))
 }
 
 pub(super) async fn prune(d: &Dispatcher, caller: &Caller, p: RunsPrune) -> Result<Value, ExecError> {

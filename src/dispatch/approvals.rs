@@ -19,8 +19,9 @@ use tokio::task::AbortHandle;
 
 use super::Dispatcher;
 use super::forward::{Call, forward_headers};
-use super::record::{actor, claims_of};
+use super::record::claims_of;
 use crate::access;
+use crate::access::actor;
 use crate::catalog::Lookup;
 use crate::error::{ExecError, Failure};
 use crate::intent::{Caller, Principal};

@@ -29,7 +29,7 @@ use crate::runs::store::RunStore;
 use crate::upstream::Upstream;
 use forward::Forwarder;
 pub use forward::valid_traceparent;
-pub use record::actor;
+
 pub use visibility::{VisibilityCache, Visible};
 
 /// Limits of the core.

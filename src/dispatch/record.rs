@@ -3,7 +3,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::intent::{Caller, Claims, Intent};
+use crate::intent::{Claims, Intent};
 use crate::policy::Explanation;
 use crate::runs::{Run, RunStatus, now_ms};
 
@@ -109,13 +109,5 @@ pub(super) fn claims_of(list: &[String]) -> Claims {
     match list {
         [all] if all == "*" => Claims::All,
         list => Claims::Only(list.iter().cloned().collect()),
-    }
-}
-
-/// Who made a decision, as the run records it: the principal, and the human it acted for.
-pub fn actor(caller: &Caller) -> String {
-    match &caller.user {
-        Some(user) => format!("{} (for {user})", caller.principal.id),
-        None => caller.principal.id.clone(),
     }
 }

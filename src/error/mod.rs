@@ -86,7 +86,7 @@ pub enum ExecError {
     #[error("{0}")]
     NotEnrolled(String),
     /// The call waits for a human's approval (-32010).
-    #[error("approval pending: run {run_id} waits for approval until {expires_at}")]
+    #[error("approval pending: run {run_id} waits for approval until {}", crate::human::rfc3339(*expires_at))]
     ApprovalPending { run_id: String, expires_at: i64 },
     /// The approval was rejected or expired (-32011).
     #[error("{0}")]
@@ -174,6 +174,7 @@ impl ExecError {
                 "status": "awaiting_approval",
                 "wait": format!("runs.wait {{\"run_id\": \"{run_id}\"}}"),
                 "approve": format!("runs.approve {{\"run_id\": \"{run_id}\"}} by a holder of an approver claim"),
+                "console": crate::console::run_path(run_id),
             })),
             _ => None,
         }

@@ -26,7 +26,8 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    match caller(principal, request.headers(), request_id) {
+    let relay = request.extensions().get::<HumanRelay>().is_some();
+    match caller(principal, request.headers(), request_id, relay) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
@@ -35,7 +36,14 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
     }
 }
 
-fn caller(principal: Principal, headers: &HeaderMap, request_id: String) -> Result<Caller, ExecError> {
+/// Marks a request to a socket whose peer names the human it relays (`ui.sock`: a node's
+/// router in front of the console). There `X-Hero-User` needs the impersonation claim in
+/// the peer's ceiling, not in the claims it narrowed the request to: a router hands the
+/// console a human with only that human's claims.
+#[derive(Debug, Clone, Copy)]
+pub struct HumanRelay;
+
+fn caller(principal: Principal, headers: &HeaderMap, request_id: String, relay: bool) -> Result<Caller, ExecError> {
     let context = match single(headers, "x-hero-context")? {
         None => 0,
         Some(v) => v
@@ -65,7 +73,8 @@ fn caller(principal: Principal, headers: &HeaderMap, request_id: String) -> Resu
                     "X-Hero-User must be 1-256 printable ASCII characters".into(),
                 ));
             }
-            if !claims.holds(IMPERSONATE_CLAIM) {
+            let may_name = if relay { &principal.ceiling } else { &claims };
+            if !may_name.holds(IMPERSONATE_CLAIM) {
                 return Err(ExecError::Denied(format!(
                     "X-Hero-User needs the {IMPERSONATE_CLAIM} claim, which {} does not hold",
                     principal.id
@@ -124,11 +133,17 @@ mod tests {
             owner.clone(),
             &headers(&[("x-hero-context", "7"), ("x-hero-claims", "a,b")]),
             "r".into(),
+            false,
         )
         .unwrap();
         assert_eq!(c.context, 7);
         assert_eq!(c.claims, Claims::parse("a,b").unwrap());
-        assert_eq!(caller(owner.clone(), &HeaderMap::new(), "r".into()).unwrap().context, 0);
+        assert_eq!(
+            caller(owner.clone(), &HeaderMap::new(), "r".into(), false)
+                .unwrap()
+                .context,
+            0
+        );
         for bad in [
             &[("x-hero-context", "-1")][..],
             &[("x-hero-context", "abc")],
@@ -136,7 +151,9 @@ mod tests {
             &[("x-hero-claims", "a b")],
         ] {
             assert_eq!(
-                caller(owner.clone(), &headers(bad), "r".into()).unwrap_err().code(),
+                caller(owner.clone(), &headers(bad), "r".into(), false)
+                    .unwrap_err()
+                    .code(),
                 -32600,
                 "{bad:?}"
             );
@@ -146,15 +163,27 @@ mod tests {
     #[test]
     fn impersonation_needs_the_claim() {
         let owner = Principal::local_owner(1);
-        let c = caller(owner.clone(), &headers(&[("x-hero-user", "alice")]), "r".into()).unwrap();
+        let c = caller(owner.clone(), &headers(&[("x-hero-user", "alice")]), "r".into(), false).unwrap();
         assert_eq!(c.chain(), vec!["uid:1".to_owned(), "alice".to_owned()]);
         // Narrowing the claims away also removes the right to impersonate.
-        let err = caller(
-            owner,
-            &headers(&[("x-hero-user", "alice"), ("x-hero-claims", "agent")]),
-            "r".into(),
-        )
-        .unwrap_err();
+        let narrowed = headers(&[("x-hero-user", "alice"), ("x-hero-claims", "agent")]);
+        let err = caller(owner.clone(), &narrowed, "r".into(), false).unwrap_err();
         assert_eq!(err.code(), -32002);
+        // A relay (the console's router) names the human with the human's claims only.
+        let c = caller(owner, &narrowed, "r".into(), true).unwrap();
+        assert_eq!(
+            (c.user.as_deref(), c.claims.to_string()),
+            (Some("alice"), "agent".into())
+        );
+        let agent = Principal {
+            ceiling: Claims::parse("agent").unwrap(),
+            ..Principal::local_owner(2)
+        };
+        let err = caller(agent, &headers(&[("x-hero-user", "alice")]), "r".into(), true).unwrap_err();
+        assert_eq!(
+            err.code(),
+            -32002,
+            "a relay without the claim in its ceiling names nobody"
+        );
     }
 }

@@ -371,6 +371,23 @@ impl Policy {
     pub fn rule_count(&self) -> usize {
         self.grants.len() + self.guards.len()
     }
+
+    /// Every rule in force, grants then guards, each with its line in the file.
+    pub fn rules(&self) -> Vec<MatchedRule> {
+        let grants = self.grants.iter().enumerate().map(|(i, g)| MatchedRule {
+            kind: "grant",
+            index: i + 1,
+            line: g.line,
+            summary: format!("claim {} -> {}", g.claim, patterns_text(&g.capabilities)),
+        });
+        let guards = self.guards.iter().enumerate().map(|(i, g)| MatchedRule {
+            kind: "guard",
+            index: i + 1,
+            line: g.line,
+            summary: g.summary(),
+        });
+        grants.chain(guards).collect()
+    }
 }
 
 impl Guard {

@@ -54,6 +54,8 @@ pub struct ListFilter {
     pub seen_by: Option<Viewer>,
     /// Only runs waiting for an approval this viewer may give, not its own.
     pub inbox: Option<Viewer>,
+    /// Leave out runs with these statuses (the console's "hide denied").
+    pub hide: Vec<RunStatus>,
 }
 
 /// Who lists runs, as the visibility rules of `crate::access` see it.
@@ -64,6 +66,8 @@ pub struct Viewer {
     pub user: Option<String>,
     /// Claims that may approve (`None`: any, full trust).
     pub approver_claims: Option<Vec<String>>,
+    /// How the viewer is recorded as an approver: it sees the runs it decided.
+    pub actor: String,
 }
 
 /// The run store.
@@ -287,55 +291,20 @@ impl RunStore {
     pub async fn list(&self, filter: ListFilter) -> Result<(Vec<Run>, Option<String>), ExecError> {
         self.settled().await?;
         let limit = filter.limit.clamp(1, 1000);
-        let runs = self
+        let mut runs = self
             .reader
             .call(move |conn| {
-                let mut sql = format!("SELECT {COLUMNS} FROM runs WHERE 1=1");
-                let mut args: Vec<rusqlite::types::Value> = Vec::new();
-                let mut add = |clause: &str, value: rusqlite::types::Value| {
-                    args.push(value);
-                    sql.push_str(&format!(" AND {clause} ?{}", args.len()));
-                };
-                if let Some(status) = filter.status {
-                    add("status =", status.as_str().to_owned().into());
-                }
-                if let Some(capability) = filter.capability {
-                    add("name =", capability.into());
-                }
-                if let Some(principal) = filter.principal {
-                    add("principal =", principal.into());
-                }
-                if let Some(since) = filter.since {
-                    // Ids are UUIDv7: their text order is creation order, to the millisecond.
-                    add("id >=", uuid_v7_floor(since).into());
-                }
-                if let Some(cursor) = filter.cursor {
-                    add("id <", cursor.into());
-                }
-                if let Some(viewer) = &filter.seen_by {
-                    args.push(viewer.principal.clone().into());
-                    let mut own = format!("principal = ?{}", args.len());
-                    if let Some(user) = &viewer.user {
-                        args.push(user.clone().into());
-                        own = format!("({own} AND on_behalf_of = ?{})", args.len());
-                    }
-                    let waiting = waiting_for(&viewer.approver_claims, &mut args);
-                    sql.push_str(&format!(" AND ({own} OR {waiting})"));
-                }
-                if let Some(viewer) = &filter.inbox {
-                    args.push(viewer.principal.clone().into());
-                    let others = format!("principal != ?{}", args.len());
-                    let waiting = waiting_for(&viewer.approver_claims, &mut args);
-                    sql.push_str(&format!(" AND {others} AND {waiting}"));
-                }
-                sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+                let (clauses, args) = where_clause(&filter, true);
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM runs WHERE {clauses} ORDER BY id DESC LIMIT {}",
+                    limit + 1
+                );
                 let mut stmt = conn.prepare_cached(&sql)?;
                 let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
                 rows.collect::<Result<Vec<_>, _>>()
             })
             .await
             .map_err(internal)?;
-        let mut runs = runs;
         let next = if runs.len() > limit {
             runs.truncate(limit);
             runs.last().map(|r| r.id.clone())
@@ -343,6 +312,49 @@ impl RunStore {
             None
         };
         Ok((runs, next))
+    }
+
+    /// How many runs match `filter` (its status, cursor and limit aside), per status.
+    pub async fn counts(&self, filter: ListFilter) -> Result<Vec<(RunStatus, u64)>, ExecError> {
+        self.settled().await?;
+        let counted = self
+            .reader
+            .call(move |conn| {
+                let (clauses, args) = where_clause(&filter, false);
+                let sql = format!("SELECT status, COUNT(*) FROM runs WHERE {clauses} GROUP BY status");
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(internal)?;
+        Ok(RunStatus::ALL
+            .into_iter()
+            .filter_map(|status| {
+                let n = counted.iter().find(|(s, _)| s == status.as_str())?.1;
+                Some((status, n))
+            })
+            .collect())
+    }
+
+    /// Every change of a run's status (and every new run), once it is in SQLite.
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.events.subscribe()
+    }
+
+    /// One run as SQLite has it now, without waiting for journaled writes (for a reader
+    /// told by [`RunStore::subscribe`] that it changed, which is committed already).
+    pub async fn get_committed(&self, id: &str) -> Result<Option<Run>, ExecError> {
+        let id = id.to_owned();
+        self.reader
+            .call(move |conn| {
+                conn.query_row(&format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"), [id], from_row)
+                    .optional()
+            })
+            .await
+            .map_err(internal)
     }
 
     /// Waits until run `id` is final or `timeout` passes; returns it as it is then.
@@ -375,6 +387,66 @@ impl RunStore {
             }
         }
     }
+}
+
+/// The `WHERE` clauses of `filter` and their arguments; `paged` adds the status and cursor.
+fn where_clause(filter: &ListFilter, paged: bool) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = "1=1".to_owned();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |clause: &str, value: rusqlite::types::Value| {
+        args.push(value);
+        sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+    };
+    if let Some(status) = filter.status.filter(|_| paged) {
+        add("status =", status.as_str().to_owned().into());
+    }
+    for hidden in &filter.hide {
+        add("status !=", hidden.as_str().to_owned().into());
+    }
+    if let Some(capability) = &filter.capability {
+        add("name =", capability.clone().into());
+    }
+    if let Some(principal) = &filter.principal {
+        add("principal =", principal.clone().into());
+    }
+    if let Some(since) = filter.since {
+        // Ids are UUIDv7: their text order is creation order, to the millisecond.
+        add("id >=", uuid_v7_floor(since).into());
+    }
+    if let Some(cursor) = filter.cursor.as_ref().filter(|_| paged) {
+        add("id <", cursor.clone().into());
+    }
+    if let Some(viewer) = &filter.seen_by {
+        args.push(viewer.principal.clone().into());
+        let mut own = format!("principal = ?{}", args.len());
+        if let Some(user) = &viewer.user {
+            args.push(user.clone().into());
+            own = format!("({own} AND on_behalf_of = ?{})", args.len());
+        }
+        let waiting = waiting_for(&viewer.approver_claims, &mut args);
+        args.push(viewer.actor.clone().into());
+        sql.push_str(&format!(" AND ({own} OR {waiting} OR approver = ?{})", args.len()));
+    }
+    if let Some(viewer) = &filter.inbox {
+        // Not its own (`crate::access::is_own`): a human is compared with the runs'
+        // principals and users; a principal acting as itself with every identity.
+        args.push(viewer.principal.clone().into());
+        let p = args.len();
+        let others = match &viewer.user {
+            Some(user) => {
+                args.push(user.clone().into());
+                let u = args.len();
+                format!(
+                    "principal != ?{u} AND COALESCE(on_behalf_of, '') != ?{u} \
+                     AND NOT (principal = ?{p} AND on_behalf_of IS NULL)"
+                )
+            }
+            None => format!("principal != ?{p} AND COALESCE(on_behalf_of, '') != ?{p}"),
+        };
+        let waiting = waiting_for(&viewer.approver_claims, &mut args);
+        sql.push_str(&format!(" AND {others} AND {waiting}"));
+    }
+    (sql, args)
 }
 
 /// SQL for "waiting for an approval one of these claims may give" (`None`: any claim),

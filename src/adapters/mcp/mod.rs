@@ -308,6 +308,7 @@ fn failure(f: Failure) -> CallToolResult {
             "status": "awaiting_approval",
             "run_id": run_id,
             "expires_at": expires_at,
+            "console": crate::console::run_path(run_id),
             "next": "call run_status with this run_id and wait_ms to wait for the outcome",
         }));
     }

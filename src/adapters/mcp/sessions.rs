@@ -20,7 +20,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::dispatch::actor;
+use crate::access::actor;
 use crate::error::ExecError;
 use crate::error::render::jsonrpc_error;
 use crate::intent::Caller;

@@ -2,6 +2,7 @@
 //! into the same [`Command`] the OpenRPC surface would parse, so both share one path
 //! through the dispatcher. Errors are `application/problem+json` (RFC 9457).
 
+pub mod events;
 mod runs;
 
 use std::sync::OnceLock;
@@ -38,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/runs/{id}/approve", post(runs::approve))
         .route("/api/v1/runs/{id}/reject", post(runs::reject))
         .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/api/v1/events", get(events::stream))
         .route("/api/v1/policy", get(runs::policy))
         .route("/api/v1/policy/explain", post(runs::explain))
         .route("/openapi.json", get(openapi_document))
@@ -307,7 +309,8 @@ async fn keys_revoke(
         runs::reject,
         runs::cancel,
         runs::policy,
-        runs::explain
+        runs::explain,
+        events::stream
     ),
     components(schemas(Problem, ParamError, NewKeyBody))
 )]

@@ -33,6 +33,8 @@ pub(super) struct RunsQuery {
     cursor: Option<String>,
     /// Only the runs waiting for an approval the caller may give.
     inbox: Option<bool>,
+    /// Statuses to leave out, comma-separated (e.g. `denied`).
+    hide: Option<String>,
 }
 
 /// Query of `GET /api/v1/runs/{id}/wait`.
@@ -64,6 +66,12 @@ pub(super) async fn list(
         limit: q.limit,
         cursor: q.cursor,
         inbox: q.inbox,
+        hide: q.hide.map(|h| {
+            h.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }),
     };
     call(&state, caller, Command::RunsList(list)).await
 }

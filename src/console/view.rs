@@ -1,0 +1,99 @@
+//! The console's templates, embedded in the binary and compiled once at start-up.
+//!
+//! Every template is `.html`, so minijinja escapes every value it prints: a description,
+//! a param or an error from a service or a caller is text, never markup. Nothing is ever
+//! marked safe. Times are RFC 3339 for people (with a relative form beside them).
+
+use axum::response::{IntoResponse, Response};
+use http::header;
+use minijinja::{Environment, Value};
+
+use crate::human;
+use crate::runs::now_ms;
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("templates/base.html")),
+    ("macros.html", include_str!("templates/macros.html")),
+    ("runs.html", include_str!("templates/runs.html")),
+    ("run.html", include_str!("templates/run.html")),
+    ("approvals.html", include_str!("templates/approvals.html")),
+    ("catalog.html", include_str!("templates/catalog.html")),
+    ("capability.html", include_str!("templates/capability.html")),
+    ("keys.html", include_str!("templates/keys.html")),
+    ("policy.html", include_str!("templates/policy.html")),
+    ("refused.html", include_str!("templates/refused.html")),
+];
+
+const STYLESHEET: &str = include_str!("static/console.css");
+const SCRIPT: &str = include_str!("static/console.js");
+
+/// The compiled templates.
+pub struct Views {
+    env: Environment<'static>,
+}
+
+impl Default for Views {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Views {
+    /// Compiles the embedded templates (a broken one is a bug: a unit test renders each).
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        for (name, source) in TEMPLATES {
+            if let Err(e) = env.add_template(name, source) {
+                tracing::error!(template = name, error = %e, "console template does not compile");
+            }
+        }
+        env.add_filter("time", |ms: Option<i64>| {
+            ms.map_or_else(|| "—".to_owned(), human::rfc3339)
+        });
+        env.add_filter("ago", |ms: Option<i64>| {
+            ms.map_or_else(|| "—".to_owned(), |ms| human::relative(ms, now_ms()))
+        });
+        env.add_filter("duration", |ms: Option<i64>| {
+            ms.map_or_else(|| "—".to_owned(), |ms| human::duration(ms.max(0) as u64))
+        });
+        env.add_filter("pretty", |value: Value| {
+            serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
+        });
+        env.add_filter("label", |status: String| status.replace('_', " "));
+        Self { env }
+    }
+
+    /// Renders `name`; a template error is logged and shown as a short page, never a panic.
+    pub fn render(&self, name: &str, context: Value) -> String {
+        match self.env.get_template(name).and_then(|t| t.render(context)) {
+            Ok(html) => html,
+            Err(e) => {
+                tracing::error!(template = name, error = %e, "console template failed");
+                "<!doctype html><title>Console error</title><p>This page could not be rendered; \
+                 the executor's log says why."
+                    .to_owned()
+            }
+        }
+    }
+}
+
+/// An HTML answer.
+pub fn html(page: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+pub async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", STYLESHEET)
+}
+
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    (
+        [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")],
+        body,
+    )
+        .into_response()
+}
