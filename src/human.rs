@@ -43,7 +43,7 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T09:46:40.123Z");
+        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
         assert_eq!(relative(1_000, 13_000), "12.0 s ago");
         assert_eq!(relative(200_000, 20_000), "in 3 min");
         assert_eq!(relative(5, 10), "just now");

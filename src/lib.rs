@@ -69,7 +69,7 @@ use http::Request;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use adapters::hero::SocketKind;
 use catalog::Catalog;
@@ -240,15 +240,34 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         // log line below (and the response) carries it.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
-        // One span per request with that id.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
-            let id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-        }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+        // One span per request with that id, and one line when it is answered: who (the
+        // keyid or peer, and the human), what (the method or capability), how it ended (the
+        // code and why) and its run, recorded into the span by the layers and the core.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<Body>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = %id,
+                        principal = tracing::field::Empty,
+                        user = tracing::field::Empty,
+                        call = tracing::field::Empty,
+                        run_id = tracing::field::Empty,
+                        code = tracing::field::Empty,
+                        error = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_failure(())
+                .on_response(answered),
+        )
         // A panic becomes a 500 in JSON, and the daemon keeps serving.
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             error::render::reject_path("/", ExecError::Internal("handler panicked".into()))
@@ -274,6 +293,16 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(stack)
         .with_state(state)
+}
+
+/// The one line per request (its span carries the rest): a server error is a warning.
+fn answered<B>(response: &http::Response<B>, latency: std::time::Duration, _: &tracing::Span) {
+    let status = response.status().as_u16();
+    let ms = latency.as_secs_f64() * 1000.0;
+    match status {
+        500.. => tracing::warn!(status, latency_ms = format_args!("{ms:.1}"), "answered"),
+        _ => tracing::info!(status, latency_ms = format_args!("{ms:.1}"), "answered"),
+    }
 }
 
 async fn not_found(request: axum::extract::Request) -> Response {

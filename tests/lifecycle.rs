@@ -130,7 +130,8 @@ async fn start_registers_with_hero_proc_waits_for_health_and_stops() {
     assert!(script.contains("--policy /"), "paths are absolute: {script}");
     let rpc = node.rpc_sock().display().to_string();
     let rest = node.rest_sock().display().to_string();
-    assert_eq!(action["kill_other"], json!({"socket": [rpc, rest]}));
+    let ui = node.socket_dir().join("hero_executor/ui.sock").display().to_string();
+    assert_eq!(action["kill_other"], json!({"socket": [rpc, rest, ui]}));
     assert_eq!(action["health_checks"], json!([{"openrpc_socket": rpc}]));
     assert_eq!(
         action["env"]["HERO_SOCKET_DIR"],

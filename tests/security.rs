@@ -41,11 +41,33 @@ async fn no_secrets_or_params_in_default_logs() {
         .await;
     let _ = rpc(&node.rpc_sock(), "echo.echo", json!({"message": 42, "token": secret})).await;
     eventually("the calls' log lines", || async {
-        node.daemon_log().matches("finished processing request").count() >= 4
+        node.daemon_log().matches("answered status=").count() >= 4
+    })
+    .await;
+    let ghost = signed_client(&node, "ghost", &key(5));
+    let _ = ghost
+        .rpc("echo.echo", json!({"message": secret}), http::HeaderMap::new())
+        .await;
+    eventually("the refusal's log line", || async {
+        node.daemon_log().matches("answered status=").count() >= 5
     })
     .await;
     let log = node.daemon_log();
     assert!(!log.contains(secret), "params or results leaked into the log");
+    // Who, what and why, one line per request.
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle) && l.contains("answered"))
+            .unwrap_or_else(|| panic!("no answered line with {needle}: {log}"))
+            .to_owned()
+    };
+    let failed = line("call=echo.fail");
+    for part in ["principal=agent", "run_id=", "code=", "error="] {
+        assert!(failed.contains(part), "{part} missing: {failed}");
+    }
+    let refused = line("code=-32005");
+    assert!(refused.contains("ghost") && refused.contains("status=401"), "{refused}");
+    assert_eq!(log.matches("call=echo.fail").count(), 1, "one failure, one line: {log}");
     for needle in ["sig1=", "PRIVATE KEY", "signature-input", &b64_public(&key(1))] {
         assert!(!log.contains(needle), "{needle} leaked into the log");
     }

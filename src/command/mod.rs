@@ -185,6 +185,24 @@ impl Command {
 
     /// Runs the command as `caller`. The one place every call is answered.
     pub async fn apply(self, d: &Dispatcher, caller: &Caller, surface: Surface) -> Outcome {
+        let outcome = self.answer(d, caller, surface).await;
+        if let Err(failure) = &outcome {
+            crate::error::note(&failure.error);
+        }
+        outcome
+    }
+
+    async fn answer(self, d: &Dispatcher, caller: &Caller, surface: Surface) -> Outcome {
+        let span = tracing::Span::current();
+        span.record("call", tracing::field::display(self.name()));
+        if let Self::RunsGet(RunRef { run_id })
+        | Self::RunsCancel(RunRef { run_id })
+        | Self::RunsWait(RunsWait { run_id, .. })
+        | Self::RunsApprove(Approve { run_id, .. })
+        | Self::RunsReject(Reject { run_id, .. }) = &self
+        {
+            span.record("run_id", tracing::field::display(run_id));
+        }
         let value = match self {
             Self::Discover => return discover(),
             Self::Execute(execute) => return run(d, caller, surface, execute).await,
@@ -209,6 +227,35 @@ impl Command {
             Self::KeysRevoke(p) => admin::keys_revoke(d, caller, p).await?,
         };
         Ok(raw(&value))
+    }
+}
+
+impl Command {
+    /// The method or capability, for the request's log line.
+    fn name(&self) -> &str {
+        match self {
+            Self::Discover => "rpc.discover",
+            Self::Execute(e) => &e.capability,
+            Self::CatalogList(_) => "catalog.list",
+            Self::CatalogSearch(_) => "catalog.search",
+            Self::CatalogDescribe(_) => "catalog.describe",
+            Self::CatalogRefresh => "catalog.refresh",
+            Self::CatalogOpenrpc => "catalog.openrpc",
+            Self::RunsList(_) => "runs.list",
+            Self::RunsGet(_) => "runs.get",
+            Self::RunsWait(_) => "runs.wait",
+            Self::RunsApprove(_) => "runs.approve",
+            Self::RunsReject(_) => "runs.reject",
+            Self::RunsCancel(_) => "runs.cancel",
+            Self::RunsPrune(_) => "runs.prune",
+            Self::PolicyGet => "policy.get",
+            Self::PolicyExplain(_) => "policy.explain",
+            Self::PolicyCheck => "policy.check",
+            Self::PolicyReload => "policy.reload",
+            Self::KeysList => "keys.list",
+            Self::KeysAdd(_) => "keys.add",
+            Self::KeysRevoke(_) => "keys.revoke",
+        }
     }
 }
 

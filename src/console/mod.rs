@@ -55,6 +55,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/policy/reload", post(actions::reload_policy))
         .route("/static/console.css", get(view::stylesheet))
         .route("/static/console.js", get(view::script))
+        .route("/favicon.ico", get(|| async { http::StatusCode::NO_CONTENT }))
         .route("/api/v1/events", get(crate::adapters::rest::events::stream))
         .layer(from_fn_with_state(state.clone(), guard::protect))
         .layer(from_fn(guard::security_headers))

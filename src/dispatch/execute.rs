@@ -95,7 +95,6 @@ impl Dispatcher {
         if let Err(e) = self.runs().insert(run).await {
             return Failure::with_run(e, id);
         }
-        tracing::info!(run_id = %id, capability = %intent.capability, "held for approval");
         Failure::with_run(
             ExecError::ApprovalPending {
                 run_id: id.clone(),

@@ -63,8 +63,10 @@ fn canonical(value: &Value, hasher: &mut Sha256) {
 pub(super) fn new_run(intent: &Intent, explanation: &Explanation, input: Input, cap: usize) -> Run {
     let caller = &intent.caller;
     let stored = input.text.len() <= cap;
+    let id = uuid::Uuid::now_v7().to_string();
+    tracing::Span::current().record("run_id", tracing::field::display(&id));
     Run {
-        id: uuid::Uuid::now_v7().to_string(),
+        id,
         parent_id: None,
         replay_of: None,
         name: intent.capability.to_string(),

@@ -261,14 +261,24 @@ impl ExecError {
 
     /// Logs internal details once, at the boundary where the error is rendered.
     pub fn log(&self) {
-        match self {
-            Self::Internal(detail) => tracing::error!(%detail, "internal error"),
-            Self::TargetUnavailable(_) | Self::TargetTimeout(_) | Self::TargetProtocol(_) => {
-                tracing::warn!(error = %self, "target failure")
-            }
-            _ => tracing::debug!(error = %self, "request failed"),
+        if let Self::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
         }
     }
+}
+
+/// Records how a request failed (code and reason) on its span, for its one log line (the
+/// run id is recorded where the run is made, or named).
+pub fn note(error: &ExecError) {
+    let span = tracing::Span::current();
+    span.record("code", error.code());
+    // Not the text of errors that may quote params or come from a target: the log
+    // never holds what a caller sent or a service answered.
+    match error {
+        ExecError::InvalidParams { .. } => span.record("error", "invalid params (the details are in the run)"),
+        ExecError::Target { .. } => span.record("error", "the target's own error (in the run)"),
+        _ => span.record("error", tracing::field::display(error.public_message())),
+    };
 }
 
 /// An error, with the id of the run it belongs to when there is one.

@@ -87,6 +87,7 @@ pub fn reject_path(path: &str, error: ExecError) -> Response {
 }
 
 fn reject_with_id(path: &str, id: &Value, error: ExecError) -> Response {
+    crate::error::note(&error);
     error.log();
     let mut response = if path.starts_with("/api/") || path == "/openapi.json" {
         problem(&error)

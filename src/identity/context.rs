@@ -29,6 +29,11 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
     let relay = request.extensions().get::<HumanRelay>().is_some();
     match caller(principal, request.headers(), request_id, relay) {
         Ok(caller) => {
+            let span = tracing::Span::current();
+            span.record("principal", tracing::field::display(&caller.principal.id));
+            if let Some(user) = &caller.user {
+                span.record("user", tracing::field::display(user));
+            }
             request.extensions_mut().insert(caller);
             next.run(request).await
         }

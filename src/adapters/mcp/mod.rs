@@ -187,7 +187,37 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        use tracing::Instrument;
+        use tracing::field::Empty;
+        // rmcp runs tools on the session's task, outside the HTTP request's span: one span
+        // and one line per tool call, with the MCP request id.
+        let span = tracing::info_span!("mcp", mcp_id = %context.id, tool = %request.name,
+            principal = Empty, user = Empty, call = Empty, run_id = Empty, code = Empty, error = Empty);
+        async move {
+            let response = self.tool(request, context).await;
+            match &response {
+                Ok(_) => tracing::info!("tool answered"),
+                Err(e) => tracing::info!(code = e.code.0, error = %e.message, "tool refused"),
+            }
+            response
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl McpServer {
+    async fn tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
         let (caller, direct) = self.caller(&context)?;
+        let span = tracing::Span::current();
+        span.record("principal", tracing::field::display(&caller.principal.id));
+        if let Some(user) = &caller.user {
+            span.record("user", tracing::field::display(user));
+        }
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         let key = context
             .extensions

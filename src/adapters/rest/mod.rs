@@ -54,7 +54,12 @@ fn respond(outcome: Outcome) -> Response {
             error: ExecError::ApprovalPending { run_id, expires_at },
             ..
         }) => {
-            let body = json!({"status": "awaiting_approval", "run_id": run_id, "expires_at": expires_at});
+            let body = json!({
+                "status": "awaiting_approval",
+                "run_id": run_id,
+                "expires_at": expires_at,
+                "console": crate::console::run_path(&run_id),
+            });
             let location = format!("/api/v1/runs/{run_id}");
             (
                 http::StatusCode::ACCEPTED,
