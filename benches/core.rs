@@ -171,6 +171,7 @@ fn catalog_search(c: &mut Criterion) {
         user: None,
         request_id: String::new(),
         traceparent: None,
+        relayed: false,
     };
     c.bench_function("catalog visibility, 10,000 capabilities, 1,000 rules (cold)", |b| {
         b.iter(|| black_box(VisibilityCache::default().get(&policy, &caller, &snapshot)))

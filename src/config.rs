@@ -57,6 +57,8 @@ pub struct Config {
     pub max_concurrent: usize,
     /// Requests in flight for one peer and claimed identity; more are shed with 503.
     pub max_concurrent_per_peer: usize,
+    /// Host names the console answers to besides the loopback ones (DNS rebinding).
+    pub ui_hosts: Vec<String>,
     /// MCP sessions and event streams.
     pub mcp: crate::adapters::mcp::McpLimits,
     /// What one service's spec may cost.
@@ -91,6 +93,7 @@ impl Config {
             rate_limit: (1000.0, 2000.0),
             max_concurrent: 1024,
             max_concurrent_per_peer: 256,
+            ui_hosts: Vec::new(),
             mcp: Default::default(),
             spec_limits: Default::default(),
             max_per_target: 64,

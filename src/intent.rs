@@ -149,6 +149,10 @@ pub struct Caller {
     /// The caller's W3C `traceparent`, if valid; forwarded calls continue its trace.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// Came through a relay that names the human (`ui.sock`): the human, not the relay's
+    /// shared identity, is who decides (`access::is_own`).
+    #[serde(skip)]
+    pub relayed: bool,
 }
 
 impl Caller {

@@ -151,6 +151,9 @@ async fn the_console_socket_serves_every_page_with_a_strict_policy() {
     }
     let (status, _) = s.page("/runs/not-a-run", &[]).await;
     assert_eq!(status, 404);
+    // Another site's page may not open the live stream.
+    let (status, _) = s.page("/api/v1/events", &[("origin", "http://evil.example")]).await;
+    assert_eq!(status, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +277,58 @@ async fn the_human_behind_the_router_is_checked_and_recorded() {
     let (status, page) = s.page(&format!("/runs/{run_id}"), CAROL_OPS).await;
     assert_eq!(status, 200);
     assert!(page.contains("The outcome goes to who asked"), "{page}");
+    // A call held through the console (the human's claims only) can be approved: the
+    // relay's own claims still name the human at approval.
+    let erin: &[(&str, &str)] = &[("x-hero-user", "erin"), ("x-hero-claims", "agent")];
+    let erins = s.token(erin).await;
+    let tried = s
+        .post(
+            "/catalog/echo.counter.reset/try",
+            &[("params", "{}"), ("idempotency_key", "e-1"), ("csrf", erins.as_str())],
+            erin,
+        )
+        .await;
+    assert_eq!(tried.status, 303, "{}", String::from_utf8_lossy(&tried.body));
+    let held = tried.headers["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("/runs/")
+        .to_owned();
+    assert_eq!(s.run(&held).await["status"], "awaiting_approval");
+    let ok = s
+        .post(
+            &format!("/runs/{held}/decide"),
+            &[("decision", "approve"), ("csrf", token.as_str())],
+            CAROL_OPS,
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", String::from_utf8_lossy(&ok.body));
+    let ran = rpc(
+        &s.node.rpc_sock(),
+        "runs.wait",
+        json!({ "run_id": held, "timeout_ms": 10_000 }),
+    )
+    .await;
+    assert_eq!(ran["result"]["status"], "succeeded", "{ran}");
+    // Outside the relay, naming another user does not make a principal's own run someone
+    // else's: the owner acting for bob may not approve what it asked for as alice.
+    let alices = rpc_with(
+        &s.node.rpc_sock(),
+        "echo.counter.reset",
+        json!({}),
+        &[("x-hero-user", "alice")],
+    )
+    .await;
+    let alices = alices["error"]["data"]["run_id"].as_str().unwrap().to_owned();
+    let switched = rpc_with(
+        &s.node.rpc_sock(),
+        "runs.approve",
+        json!({ "run_id": alices }),
+        &[("x-hero-user", "bob")],
+    )
+    .await;
+    assert_eq!(error_code(&switched), -32002, "{switched}");
+
     // Keys and policy need executor.admin, which carol's claims do not hold.
     let (_, keys) = s.page("/keys", CAROL_OPS).await;
     assert!(keys.contains("needs the executor.admin claim") && !keys.contains("name=\"public_key\""));

@@ -113,6 +113,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 256)]
     pub max_concurrent_per_peer: usize,
 
+    /// A host name the console (ui.sock) answers to besides localhost, 127.0.0.1 and [::1]
+    /// (e.g. the name a node's router serves it under); repeat or comma-separate
+    #[arg(long = "ui-host", env = "HERO_EXECUTOR_UI_HOSTS", value_delimiter = ',')]
+    pub ui_hosts: Vec<String>,
+
     /// A request body must arrive within this after its headers, in seconds (else 408)
     #[arg(long, default_value_t = 10)]
     pub body_read_timeout_secs: u64,
@@ -253,6 +258,12 @@ impl Cli {
         config.max_per_target = self.max_per_target.max(1);
         config.max_concurrent_per_peer = self.max_concurrent_per_peer.max(1);
         config.body_read_timeout = Duration::from_secs(self.body_read_timeout_secs.max(1));
+        config.ui_hosts = self
+            .ui_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
         config.mcp = crate::adapters::mcp::McpLimits {
             max_sessions: self.mcp_max_sessions.max(1),
             max_sessions_per_principal: self.mcp_max_sessions_per_principal.max(1),

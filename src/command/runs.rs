@@ -100,6 +100,7 @@ pub fn list_filter(caller: &Caller, p: &RunsList) -> Result<ListFilter, ExecErro
             Claims::Only(set) => Some(set.iter().cloned().collect()),
         },
         actor: access::actor(caller),
+        relayed: caller.relayed,
     };
     let inbox = p.inbox.unwrap_or(false);
     let filter = ListFilter {

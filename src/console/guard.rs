@@ -83,9 +83,16 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// Refuses a state change from another origin or without the viewer's token.
+/// Refuses a request addressed to a host the console does not answer to (a DNS rebinding
+/// page would read every run as the owner), a state change or an event stream from another
+/// origin, and a state change without the viewer's token.
 pub async fn protect(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
+    if let Err(why) = known_host(request.headers(), &state.config.ui_hosts) {
+        tracing::warn!(path = %request.uri().path(), reason = %why, "console: unknown host refused");
+        return refused(&state, &why);
+    }
+    let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+    if reading && request.uri().path() != "/api/v1/events" {
         return next.run(request).await;
     }
     if let Err(why) = same_origin(request.headers()) {
@@ -106,6 +113,9 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
                 .find(|(name, _)| name == "csrf")
                 .map(|(_, value)| value.into_owned())
         });
+    if reading {
+        return next.run(request).await;
+    }
     match token {
         Some(token) if state.csrf.verify(caller, &token) => next.run(request).await,
         Some(_) => refused(
@@ -114,6 +124,25 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
              someone else): reload the page and try again",
         ),
         None => refused(&state, "the request carries no anti-CSRF token"),
+    }
+}
+
+/// The `Host` must be a loopback name or one of `--ui-host` (any port).
+fn known_host(headers: &HeaderMap, extra: &[String]) -> Result<(), String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    }
+    .to_ascii_lowercase();
+    match ["localhost", "127.0.0.1", "::1"].contains(&name.as_str()) || extra.contains(&name) {
+        true => Ok(()),
+        false => Err(format!(
+            "the console does not answer to the host {host:?}: use localhost, or start the executor with --ui-host {name}"
+        )),
     }
 }
 
@@ -179,6 +208,30 @@ mod tests {
     }
 
     #[test]
+    fn only_known_hosts() {
+        let ok = |host: &'static str| known_host(&headers(&[("host", host)]), &["ops.example".into()]).is_ok();
+        for good in [
+            "localhost",
+            "localhost:8090",
+            "127.0.0.1:8090",
+            "[::1]:8090",
+            "ops.example:443",
+            "LOCALHOST",
+        ] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in [
+            "attacker.example:8090",
+            "127.0.0.1.nip.io",
+            "evil.example",
+            "[::2]:80",
+            "",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn tokens_are_per_viewer() {
         let key = CsrfKey::generate();
         let owner = crate::intent::Principal::local_owner(1);
@@ -189,6 +242,7 @@ mod tests {
             user: user.map(str::to_owned),
             request_id: String::new(),
             traceparent: None,
+            relayed: false,
         };
         let token = key.token(&caller(Some("carol")));
         assert!(key.verify(&caller(Some("carol")), &token));

@@ -60,6 +60,7 @@ impl Views {
             serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string())
         });
         env.add_filter("label", |status: String| status.replace('_', " "));
+        env.add_filter("segment", |text: String| segment(&text));
         Self { env }
     }
 
@@ -75,6 +76,18 @@ impl Views {
             }
         }
     }
+}
+
+/// `text` as one URL path segment: everything but the unreserved characters
+/// percent-encoded, so a service's method name like `x/../../runs/…/cancel?` stays one
+/// segment of the page it belongs to.
+pub fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// An HTML answer.

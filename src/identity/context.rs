@@ -92,6 +92,7 @@ fn caller(principal: Principal, headers: &HeaderMap, request_id: String, relay: 
     let traceparent = single(headers, "traceparent")?
         .filter(|v| valid_traceparent(v))
         .map(str::to_owned);
+    let relayed = relay && user.is_some();
     Ok(Caller {
         principal,
         context,
@@ -99,6 +100,7 @@ fn caller(principal: Principal, headers: &HeaderMap, request_id: String, relay: 
         user,
         request_id,
         traceparent,
+        relayed,
     })
 }
 

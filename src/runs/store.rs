@@ -68,6 +68,8 @@ pub struct Viewer {
     pub approver_claims: Option<Vec<String>>,
     /// How the viewer is recorded as an approver: it sees the runs it decided.
     pub actor: String,
+    /// Relayed for a human (`Caller::relayed`): the human is compared, not the relay.
+    pub relayed: bool,
 }
 
 /// The run store.
@@ -432,7 +434,7 @@ fn where_clause(filter: &ListFilter, paged: bool) -> (String, Vec<rusqlite::type
         // principals and users; a principal acting as itself with every identity.
         args.push(viewer.principal.clone().into());
         let p = args.len();
-        let others = match &viewer.user {
+        let others = match viewer.user.as_ref().filter(|_| viewer.relayed) {
             Some(user) => {
                 args.push(user.clone().into());
                 let u = args.len();

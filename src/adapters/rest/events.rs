@@ -59,8 +59,10 @@ fn events(state: AppState, caller: Caller, slot: StreamSlot) -> impl Stream<Item
     async_stream(move |tx| async move {
         let _slot = slot;
         loop {
+            // Ends as soon as the client is gone, the executor stops or the stream is old.
             let change = tokio::select! {
                 change = changes.recv() => change,
+                _ = tx.closed() => return,
                 _ = stopping.wait_for(|stop| *stop) => return,
                 _ = tokio::time::sleep_until(deadline) => return,
             };
@@ -70,7 +72,7 @@ fn events(state: AppState, caller: Caller, slot: StreamSlot) -> impl Stream<Item
                     let event = Event::default()
                         .event("lagged")
                         .data(json!({ "missed": missed }).to_string());
-                    if tx.send(event).await.is_err() {
+                    if !deliver(&tx, event, deadline).await {
                         return;
                     }
                     continue;
@@ -82,13 +84,23 @@ fn events(state: AppState, caller: Caller, slot: StreamSlot) -> impl Stream<Item
                 continue;
             };
             for event in announce(&caller, &run) {
-                if tx.send(event).await.is_err() {
+                if !deliver(&tx, event, deadline).await {
                     return;
                 }
             }
         }
     })
 }
+
+/// Sends one event; `false` when the client is gone or has not read for [`STALL`] (a
+/// client that stops reading does not keep its task and slot).
+async fn deliver(tx: &tokio::sync::mpsc::Sender<Event>, event: Event, deadline: tokio::time::Instant) -> bool {
+    let until = deadline.min(tokio::time::Instant::now() + STALL);
+    matches!(tokio::time::timeout_at(until, tx.send(event)).await, Ok(Ok(())))
+}
+
+/// How long a stream may leave its events unread before the server ends it.
+const STALL: Duration = Duration::from_secs(30);
 
 /// What `caller` is told of a change to `run`: nothing unless it may see it.
 fn announce(caller: &Caller, run: &Run) -> Vec<Event> {

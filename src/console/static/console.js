@@ -82,7 +82,9 @@
   if (!window.EventSource) { say("live updates need a newer browser"); return; }
   var page = document.body.getAttribute("data-page");
   var events = new EventSource("/api/v1/events");
-  events.onopen = function () { say("live", true); };
+  // Whatever changed between the page's render and the stream's start (or a reconnect)
+  // would be missed: read the page again once the stream is open.
+  events.onopen = function () { say("live", true); soon(); };
   events.onerror = function () { say("reconnecting…", false); };
   // A browser allows six connections per host over HTTP/1.1; a page kept in the
   // back/forward cache would hold its stream open, and enough of them starve the rest.
