@@ -54,12 +54,15 @@ pub fn require_admin(caller: &Caller, what: &str) -> Result<(), ExecError> {
 /// Whether the run was asked for by the caller. A caller relayed for a human (`X-Hero-User`
 /// on `ui.sock`: the console behind a node's router) is that human: the run is its own when the
 /// human is anywhere in the run's chain, or when the same principal asked for it acting
-/// as itself. Any other caller is every identity of its chain: the run is its own when
-/// the two chains share one.
+/// as itself. Any other caller is every identity of its chain (the user it names too):
+/// the run is its own when the two chains share one.
 pub fn is_own(caller: &Caller, run: &Run) -> bool {
     match caller.user.as_ref().filter(|_| caller.relayed) {
         Some(human) => run.chain.contains(human) || (run.principal == caller.principal.id && run.chain.len() == 1),
-        None => run.principal == caller.principal.id || run.chain.contains(&caller.principal.id),
+        None => {
+            let chain = caller.chain();
+            run.principal == caller.principal.id || run.chain.iter().any(|id| chain.contains(id))
+        }
     }
 }
 

@@ -328,6 +328,22 @@ async fn the_human_behind_the_router_is_checked_and_recorded() {
     )
     .await;
     assert_eq!(error_code(&switched), -32002, "{switched}");
+    // Nor does another principal acting for the same user approve that user's run.
+    enrol(&s.node, "router", &key(3), &["ops", "executor.impersonate"], None).await;
+    let router = signed_client(&s.node, "router", &key(3));
+    let as_alice = hero_executor::client::hero_headers(None, None, Some("alice")).unwrap();
+    let listed = router
+        .rpc("runs.list", json!({"inbox": true}), as_alice.clone())
+        .await
+        .unwrap();
+    assert!(
+        !listed.to_string().contains(&alices),
+        "alice's own run is not in her inbox: {listed}"
+    );
+    match router.rpc("runs.approve", json!({ "run_id": alices }), as_alice).await {
+        Err(ClientError::Rpc { code, .. }) => assert_eq!(code, -32002),
+        other => panic!("the router acting for alice approved alice's run: {other:?}"),
+    }
 
     // Keys and policy need executor.admin, which carol's claims do not hold.
     let (_, keys) = s.page("/keys", CAROL_OPS).await;

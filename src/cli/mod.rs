@@ -238,6 +238,9 @@ impl Cli {
         if let Some(policy) = &self.policy {
             args.extend(["--policy".to_owned(), absolute(policy)]);
         }
+        for host in &self.ui_hosts {
+            args.extend(["--ui-host".to_owned(), host.clone()]);
+        }
         args
     }
 

@@ -104,13 +104,9 @@ pub async fn prune(
     .await;
     match pruned {
         Ok(done) => see(format!("/runs?pruned={}", done["deleted"].as_u64().unwrap_or(0))),
-        Err(error) => {
-            let page = state.views.render(
-                "refused.html",
-                minijinja::context! { title => "Not pruned", reason => error.public_message(), back => "/runs" },
-            );
-            (error.http_status(), super::view::html(page)).into_response()
-        }
+        Err(error) => state
+            .views
+            .refusal(error.http_status(), "Not pruned", &error.public_message(), "/runs"),
     }
 }
 
@@ -286,12 +282,11 @@ pub async fn reload_policy(State(state): State<AppState>, Viewer(caller): Viewer
 pub async fn refresh_catalog(State(state): State<AppState>, Viewer(caller): Viewer) -> Response {
     match read(&state, &caller, Command::CatalogRefresh).await {
         Ok(_) => see("/catalog".to_owned()),
-        Err(error) => {
-            let page = state.views.render(
-                "refused.html",
-                minijinja::context! { title => "Not refreshed", reason => error.public_message(), back => "/catalog" },
-            );
-            (error.http_status(), super::view::html(page)).into_response()
-        }
+        Err(error) => state.views.refusal(
+            error.http_status(),
+            "Not refreshed",
+            &error.public_message(),
+            "/catalog",
+        ),
     }
 }

@@ -9,12 +9,11 @@
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use sha2::Sha256;
 
-use super::view;
 use crate::AppState;
 use crate::intent::Caller;
 use crate::limits::BufferedBody;
@@ -99,6 +98,9 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
         tracing::warn!(path = %request.uri().path(), reason = %why, "console: cross-origin request refused");
         return refused(&state, &why);
     }
+    if reading {
+        return next.run(request).await;
+    }
     let Some(caller) = request.extensions().get::<Caller>() else {
         return refused(&state, "this request has no identity");
     };
@@ -113,9 +115,6 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
                 .find(|(name, _)| name == "csrf")
                 .map(|(_, value)| value.into_owned())
         });
-    if reading {
-        return next.run(request).await;
-    }
     match token {
         Some(token) if state.csrf.verify(caller, &token) => next.run(request).await,
         Some(_) => refused(
@@ -171,11 +170,7 @@ fn same_origin(headers: &HeaderMap) -> Result<(), String> {
 }
 
 fn refused(state: &AppState, why: &str) -> Response {
-    let page = state.views.render(
-        "refused.html",
-        minijinja::context! { title => "Refused", reason => why },
-    );
-    (StatusCode::FORBIDDEN, view::html(page)).into_response()
+    state.views.refusal(StatusCode::FORBIDDEN, "Refused", why, "/runs")
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! shows exactly what the same caller would get over OpenRPC.
 
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{Redirect, Response};
 use http::StatusCode;
 use http::request::Parts;
 use minijinja::{Value, context};
@@ -26,10 +26,11 @@ impl FromRequestParts<AppState> for Viewer {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         match parts.extensions.get::<Caller>() {
             Some(caller) => Ok(Self(caller.clone())),
-            None => Err(refusal(
-                state,
+            None => Err(state.views.refusal(
                 StatusCode::UNAUTHORIZED,
+                "Refused",
                 "the console needs an identity",
+                "/runs",
             )),
         }
     }
@@ -65,13 +66,6 @@ pub(super) async fn page_with(
     response
 }
 
-fn refusal(state: &AppState, status: StatusCode, reason: &str) -> Response {
-    let page = state
-        .views
-        .render("refused.html", context! { title => "Refused", reason });
-    (status, html(page)).into_response()
-}
-
 /// Applies a read as the viewer; the JSON result, or the error.
 pub(super) async fn read(state: &AppState, caller: &Caller, command: Command) -> Result<serde_json::Value, ExecError> {
     let raw = command
@@ -95,6 +89,11 @@ fn inbox_query() -> RunsList {
         limit: Some(200),
         ..RunsList::default()
     }
+}
+
+/// A form field: trimmed, and `None` when empty.
+fn some(field: &str) -> Option<String> {
+    Some(field.trim().to_owned()).filter(|f| !f.is_empty())
 }
 
 pub async fn home() -> Redirect {
@@ -129,7 +128,6 @@ const PERIODS: &[(&str, i64)] = &[
 
 impl RunsQuery {
     fn to_list(&self) -> Result<RunsList, ExecError> {
-        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
         let since = match self.since.as_str() {
             "" => None,
             period => Some(
@@ -474,7 +472,6 @@ async fn explain(
     capability: &str,
     query: &ExplainQuery,
 ) -> Result<serde_json::Value, ExecError> {
-    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     let context = some(&query.context)
         .map(|c| {
             c.parse::<u64>()

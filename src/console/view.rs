@@ -90,6 +90,14 @@ pub fn segment(text: &str) -> String {
         .collect()
 }
 
+impl Views {
+    /// A short page saying why something was refused, with a way back.
+    pub fn refusal(&self, status: http::StatusCode, title: &str, reason: &str, back: &str) -> Response {
+        let page = self.render("refused.html", minijinja::context! { title, reason, back });
+        (status, html(page)).into_response()
+    }
+}
+
 /// An HTML answer.
 pub fn html(page: String) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()

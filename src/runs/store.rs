@@ -254,14 +254,7 @@ impl RunStore {
     /// One run.
     pub async fn get(&self, id: &str) -> Result<Option<Run>, ExecError> {
         self.settled().await?;
-        let id = id.to_owned();
-        self.reader
-            .call(move |conn| {
-                conn.query_row(&format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"), [id], from_row)
-                    .optional()
-            })
-            .await
-            .map_err(internal)
+        self.get_committed(id).await
     }
 
     /// The first run of `capability` that a principal, on behalf of `user`, started with an
@@ -443,7 +436,15 @@ fn where_clause(filter: &ListFilter, paged: bool) -> (String, Vec<rusqlite::type
                      AND NOT (principal = ?{p} AND on_behalf_of IS NULL)"
                 )
             }
-            None => format!("principal != ?{p} AND COALESCE(on_behalf_of, '') != ?{p}"),
+            None => {
+                let mut ids = vec![format!("?{p}")];
+                if let Some(user) = &viewer.user {
+                    args.push(user.clone().into());
+                    ids.push(format!("?{}", args.len()));
+                }
+                let ids = ids.join(",");
+                format!("principal NOT IN ({ids}) AND COALESCE(on_behalf_of, '') NOT IN ({ids})")
+            }
         };
         let waiting = waiting_for(&viewer.approver_claims, &mut args);
         sql.push_str(&format!(" AND {others} AND {waiting}"));
