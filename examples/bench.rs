@@ -105,6 +105,27 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / rustix::param::clock_ticks_per_second() as f64
 }
 
+/// Context switches (voluntary and not) a process's threads have made so far.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// Peak resident set size of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -149,6 +170,8 @@ struct Row {
     /// CPU per request of the middle hop (the executor or the proxy).
     hop_cpu_us_per_req: Option<f64>,
     service_cpu_us_per_req: f64,
+    /// Context switches per request of the middle hop's threads.
+    hop_switches_per_req: Option<f64>,
     hop_peak_rss_mib: Option<f64>,
     ratio_to_a: Option<f64>,
     /// Throughput as a ratio of the proxy's at the same concurrency.
@@ -515,10 +538,12 @@ async fn measure(
     .await;
     let hop_pid = target.hop.as_ref().map(|p| p.0.id());
     let cpu_before = (hop_pid.map(cpu_seconds), cpu_seconds(s.echo.0.id()));
+    let switches_before = hop_pid.map(context_switches);
     let started = Instant::now();
     let (mut latencies, errors) = drive(sock, clients, duration, method, signer, mode).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = (hop_pid.map(cpu_seconds), cpu_seconds(s.echo.0.id()));
+    let switches_after = hop_pid.map(context_switches);
     latencies.sort_unstable();
     let requests = latencies.len();
     let per_req = |before: f64, after: f64| (after - before) / requests.max(1) as f64 * 1e6;
@@ -535,6 +560,9 @@ async fn measure(
         max_us: latencies.last().copied().unwrap_or(0),
         hop_cpu_us_per_req: cpu_before.0.zip(cpu_after.0).map(|(b, a)| per_req(b, a)),
         service_cpu_us_per_req: per_req(cpu_before.1, cpu_after.1),
+        hop_switches_per_req: switches_before
+            .zip(switches_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / requests.max(1) as f64),
         hop_peak_rss_mib: hop_pid.map(peak_rss_mib),
         ratio_to_a: None,
         ratio_to_proxy: None,
@@ -620,7 +648,7 @@ fn print(rows: &[Row], duration: Duration) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<2} {:>3} {:<40} {:>8} {:>7} {:>6} {:>6} {:>6} {:>5} {:>9} {:>8} {:>6} {:>5} {:>8} {:>8} {:>7}",
+        "{:<2} {:>3} {:<40} {:>8} {:>7} {:>6} {:>6} {:>6} {:>5} {:>9} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>7}",
         "",
         "C",
         "configuration",
@@ -632,6 +660,7 @@ fn print(rows: &[Row], duration: Duration) {
         "errs",
         "hop_cpuus",
         "svc_cpu",
+        "cs/req",
         "rss",
         "vs_a",
         "vs_proxy",
@@ -641,7 +670,7 @@ fn print(rows: &[Row], duration: Duration) {
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
     for r in rows {
         println!(
-            "{:<2} {:>3} {:<40} {:>8.0} {:>7} {:>6} {:>6} {:>6} {:>5} {:>9} {:>8.1} {:>6} {:>5} {:>8} {:>8} {:>7}",
+            "{:<2} {:>3} {:<40} {:>8.0} {:>7} {:>6} {:>6} {:>6} {:>5} {:>9} {:>8.1} {:>6} {:>6} {:>5} {:>8} {:>8} {:>7}",
             r.config,
             r.clients,
             r.what,
@@ -653,6 +682,7 @@ fn print(rows: &[Row], duration: Duration) {
             r.errors,
             opt(r.hop_cpu_us_per_req, 1),
             r.service_cpu_us_per_req,
+            opt(r.hop_switches_per_req, 2),
             opt(r.hop_peak_rss_mib, 1),
             opt(r.ratio_to_a, 2),
             opt(r.ratio_to_proxy, 2),
@@ -711,10 +741,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print(&rows, args.duration);
     let idle = match args.idle {
         0 => None,
-        n if (n as u64) * 2 + 256 > files => {
+        // The client ends are here, the server ends in the executor: each process needs n.
+        n if (n as u64) + 256 > files => {
             println!(
-                "{n} idle connections need {} open files; the limit is {files}: skipped",
-                n * 2 + 256
+                "{n} idle connections need {} open files in each process; the limit is {files}: skipped",
+                n + 256
             );
             None
         }

@@ -352,3 +352,28 @@ async fn the_journal_is_folded_at_start_and_a_torn_record_is_dropped() {
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "folded, then emptied");
     assert!(node.daemon_log().contains("torn or corrupt"), "{}", node.daemon_log());
 }
+
+/// Invariant: a pooled connection the target closed while it was idle is not used again.
+/// The target is restarted between two calls, so every connection to it is closed, and the
+/// second call still succeeds on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_target_gets_new_connections() {
+    let node = Node::new();
+    let mut first = node.spawn_echo("phoenix");
+    let _executor = node.start(node.config()).await;
+    let sock = node.rpc_sock();
+    for _ in 0..3 {
+        let answer = rpc(&sock, "phoenix.echo", json!({"message": "before"})).await;
+        assert_eq!(answer["result"]["message"], "before", "{answer}");
+    }
+    first.0.kill().unwrap();
+    first.wait();
+    let _second = node.spawn_echo("phoenix");
+    for round in 0..3 {
+        let answer = rpc(&sock, "phoenix.echo", json!({"message": "after"})).await;
+        assert_eq!(
+            answer["result"]["message"], "after",
+            "call {round} after the restart: {answer}"
+        );
+    }
+}

@@ -1,22 +1,24 @@
 //! JSON-RPC client for target services over `$HERO_SOCKET_DIR/<service>/rpc.sock`.
 //!
-//! One pooled hyper client for every target: the URI authority names the service and the
-//! connector maps it to the service's socket, so keep-alive connections are pooled per
-//! service. Every call has a deadline and an answer-size cap; a dropped call drops its
+//! Keep-alive connections are pooled per service. A call takes one from the pool (or opens
+//! one, after the checks in [`socket`]) and drives it itself, in its own task: hyper's
+//! HTTP/1.1 client half, with no connection task to hand the request to and the answer
+//! back from. Every call has a deadline and an answer-size cap; a dropped call drops its
 //! connection instead of returning it to the pool.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Uri, header};
+use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::net::UnixStream;
@@ -39,60 +41,102 @@ pub struct ForwardHeaders {
     pub traceparent: String,
 }
 
-/// Connects `http://<service>/...` to `<socket_dir>/<service>/rpc.sock`, when that socket
-/// may be called at all ([`socket`]).
-#[derive(Clone)]
-struct UnixConnector {
-    socket_dir: Arc<PathBuf>,
-    own: Arc<OwnSockets>,
+/// How long a connection may wait in the pool before it is closed instead of reused.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// Most idle connections kept per target.
+const POOL_MAX_IDLE: usize = 64;
+
+/// One keep-alive connection to a target: hyper's HTTP/1.1 client half and the connection
+/// it drives. Nothing runs it in the background: the call that holds it polls it (see
+/// [`Link::drive`]), so a forwarded call costs no hand-off to a connection task.
+struct Link {
+    send: http1::SendRequest<Full<Bytes>>,
+    conn: http1::Connection<TokioIo<UnixStream>, Full<Bytes>>,
+    idle_since: Instant,
 }
 
-impl tower::Service<Uri> for UnixConnector {
-    type Response = TokioIo<UnixStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+impl Link {
+    /// Opens a connection to `service`'s socket, when that socket may be called at all
+    /// ([`socket`]).
+    async fn open(dir: &Path, own: &OwnSockets, service: &str) -> Result<Self, ExecError> {
+        let refused = |why: String| ExecError::TargetUnavailable(format!("{service}: cannot connect: {why}"));
+        // Names are validated before a call is built; the path is checked before it is used.
+        let (path, id) = own.target(dir, service).map_err(refused)?;
+        let stream = UnixStream::connect(&path).await.map_err(|e| refused(e.to_string()))?;
+        socket::check_peer(&stream, &path, id).map_err(refused)?;
+        let (send, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| refused(root_cause(&e)))?;
+        Ok(Self {
+            send,
+            conn,
+            idle_since: Instant::now(),
+        })
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let service = uri.host().unwrap_or_default().to_owned();
-        let (dir, own) = (self.socket_dir.clone(), self.own.clone());
-        Box::pin(async move {
-            let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
-            // Names are validated before a URI is built; the path is checked before it is used.
-            let (path, id) = own.target(&dir, &service).map_err(refused)?;
-            let stream = UnixStream::connect(&path).await?;
-            socket::check_peer(&stream, &path, id).map_err(refused)?;
-            Ok(TokioIo::new(stream))
+    /// Whether a pooled connection can take a request now: it is polled once, which also
+    /// notices a target that closed it while it was idle.
+    fn ready_now(&mut self) -> bool {
+        if self.idle_since.elapsed() > POOL_IDLE {
+            return false;
+        }
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        if self.conn.poll_without_shutdown(&mut cx).is_ready() {
+            return false; // closed, or broken
+        }
+        matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    /// Polls `work` and, alongside it, the connection that feeds it, in the calling task.
+    /// The error is why the connection failed.
+    async fn drive<F: Future + Unpin>(&mut self, mut work: F) -> Result<F::Output, String> {
+        let mut ended = false;
+        std::future::poll_fn(|cx| {
+            if !ended {
+                match self.conn.poll_without_shutdown(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(root_cause(&e))),
+                    Poll::Ready(Ok(())) => ended = true,
+                    Poll::Pending => {}
+                }
+            }
+            match Pin::new(&mut work).poll(cx) {
+                Poll::Ready(output) => Poll::Ready(Ok(output)),
+                // Nothing drives the work any more: it would wait forever.
+                Poll::Pending if ended => Poll::Ready(Err("the target closed the connection".to_owned())),
+                Poll::Pending => Poll::Pending,
+            }
         })
+        .await
+    }
+
+    /// Whether the connection may go back to the pool after an exchange.
+    fn reusable(&self) -> bool {
+        !self.send.is_closed()
     }
 }
 
 /// The pooled client for every target service.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<UnixConnector, Full<Bytes>>,
+    socket_dir: Arc<PathBuf>,
+    own: Arc<OwnSockets>,
+    /// Idle keep-alive connections per target, most recently used last.
+    idle: Arc<std::sync::Mutex<HashMap<String, Vec<Link>>>>,
     max_response_bytes: usize,
     /// Calls in flight per target, so one slow service cannot take every connection.
-    per_target: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+    per_target: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
     max_per_target: usize,
 }
 
 impl Upstream {
     /// A client for services under `socket_dir`.
     pub fn new(socket_dir: PathBuf, max_response_bytes: usize, own: OwnSockets) -> Self {
-        let connector = UnixConnector {
+        Self {
             socket_dir: Arc::new(socket_dir),
             own: Arc::new(own),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Self {
-            client,
+            idle: Arc::default(),
             max_response_bytes,
             per_target: Arc::default(),
             max_per_target: 64,
@@ -178,8 +222,49 @@ impl Upstream {
         }
     }
 
+    /// A connection to `service`: the most recently used idle one that is still good, or a
+    /// new one.
+    async fn checkout(&self, service: &str) -> Result<Link, ExecError> {
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let links = idle.get_mut(service);
+            let mut found = None;
+            if let Some(links) = links {
+                while let Some(mut link) = links.pop() {
+                    if link.ready_now() {
+                        found = Some(link);
+                        break;
+                    }
+                }
+            }
+            found
+        };
+        match pooled {
+            Some(link) => Ok(link),
+            None => Link::open(&self.socket_dir, &self.own, service).await,
+        }
+    }
+
+    /// Puts a connection whose exchange is complete back in the pool.
+    fn checkin(&self, service: &str, mut link: Link) {
+        if !link.reusable() {
+            return;
+        }
+        let now = Instant::now();
+        link.idle_since = now;
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let links = idle.entry(service.to_owned()).or_default();
+        // Oldest first (links go back at the end): the expired ones are a prefix.
+        let expired = links.partition_point(|l| now.duration_since(l.idle_since) > POOL_IDLE);
+        links.drain(..expired);
+        if links.len() < POOL_MAX_IDLE {
+            links.push(link);
+        }
+    }
+
     /// One HTTP exchange: POST the body to `/rpc`, read the answer under the size cap,
-    /// all within `timeout`.
+    /// all within `timeout`. A connection goes back to the pool only after a complete
+    /// exchange; one dropped mid-call (a timeout, a cancelled run) is closed.
     async fn exchange(
         &self,
         service: &str,
@@ -187,10 +272,10 @@ impl Upstream {
         headers: Option<&ForwardHeaders>,
         timeout: Duration,
     ) -> Result<Bytes, ExecError> {
-        let uri: Uri = format!("http://{service}/rpc")
-            .parse()
-            .map_err(|e| ExecError::Internal(format!("building target URI: {e}")))?;
-        let mut request = Request::post(uri)
+        let host =
+            HeaderValue::from_str(service).map_err(|e| ExecError::Internal(format!("building target request: {e}")))?;
+        let mut request = Request::post("/rpc")
+            .header(header::HOST, host)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json");
         if let Some(h) = headers {
@@ -211,20 +296,22 @@ impl Upstream {
             .map_err(|e| ExecError::Internal(format!("building target request: {e}")))?;
 
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    ExecError::TargetUnavailable(format!("{service}: cannot connect: {}", root_cause(&e)))
-                } else {
-                    ExecError::TargetUnavailable(format!(
-                        "{service}: connection lost before an answer: {}",
-                        root_cause(&e)
-                    ))
-                }
-            })?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), self.max_response_bytes)
-                .collect()
+            let mut link = self.checkout(service).await?;
+            let lost = |why: String| {
+                ExecError::TargetUnavailable(format!("{service}: connection lost before an answer: {why}"))
+            };
+            let sent = link.send.send_request(request);
+            let response = link
+                .drive(Box::pin(sent))
                 .await
+                .map_err(lost)?
+                .map_err(|e| lost(root_cause(&e)))?;
+            let status = response.status();
+            let collect = Limited::new(response.into_body(), self.max_response_bytes).collect();
+            let body = link
+                .drive(Box::pin(collect))
+                .await
+                .map_err(|why| ExecError::TargetProtocol(format!("{service}: answer cut short: {why}")))?
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
                         ExecError::TargetProtocol(format!(
@@ -236,6 +323,7 @@ impl Upstream {
                     }
                 })?
                 .to_bytes();
+            self.checkin(service, link);
             if body.is_empty() {
                 return Err(ExecError::TargetProtocol(format!(
                     "{service}: empty answer (HTTP {status})"
