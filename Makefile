@@ -24,7 +24,7 @@ test: python-deps
 ## python-deps: what examples/signed_call.py and the console's browser test need, from PyPI
 python-deps:
 	python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-		-r examples/requirements.txt -r tests/browser/requirements.txt
+		-r examples/requirements.txt -r tests/requirements.txt -r tests/browser/requirements.txt
 
 ## bench: load benchmark against a direct call and an nginx/haproxy anchor (apt-get install nginx haproxy); ARGS="--clients 32 --duration 10"
 bench:

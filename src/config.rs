@@ -29,6 +29,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Optional TCP listener for remote callers (signatures always required there).
     pub listen: Option<SocketAddr>,
+    /// Optional TCP listener that serves only `GET /metrics` and `/health`, unauthenticated.
+    pub metrics_listen: Option<SocketAddr>,
     /// Timeout for `rpc.discover` on a target while building the catalog.
     pub discover_timeout: Duration,
     /// Largest request body accepted on any surface.
@@ -78,6 +80,7 @@ impl Config {
             socket_dir: socket_dir.into(),
             data_dir: data_dir.into(),
             listen: None,
+            metrics_listen: None,
             discover_timeout: Duration::from_secs(5),
             max_body_bytes: 4 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,

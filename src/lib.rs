@@ -54,6 +54,7 @@ pub mod jsonrpc;
 pub mod lifecycle;
 pub mod limits;
 pub mod mcp_bridge;
+pub mod metrics;
 pub mod policy;
 pub mod runs;
 pub mod server;
@@ -137,6 +138,8 @@ pub struct Shared {
     pub views: console::Views,
     /// The key of the console's anti-CSRF tokens (made at start-up).
     pub csrf: console::CsrfKey,
+    /// Counters and gauges of `GET /metrics`.
+    pub metrics: Arc<metrics::Metrics>,
     /// Set when the daemon begins to stop: long-lived answers (event streams) end.
     pub stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -167,20 +170,24 @@ impl AppState {
         );
         let own_uid = rustix::process::geteuid().as_raw();
         let mcp = config.mcp;
+        let metrics = Arc::new(metrics::Metrics::new());
         let core = dispatch::CoreConfig {
             local_owner: (config.unsigned_local == config::UnsignedLocal::Owner)
                 .then(|| Principal::local_owner(own_uid)),
             ..config.core.clone()
         };
-        let dispatcher = Arc::new(Dispatcher::new(
-            catalog,
-            registry.clone(),
-            runs,
-            upstream,
-            policy,
-            config.policy.clone(),
-            core,
-        ));
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                catalog,
+                registry.clone(),
+                runs,
+                upstream,
+                policy,
+                config.policy.clone(),
+                core,
+            )
+            .with_metrics(metrics.clone()),
+        );
         Ok(Self(Arc::new(Shared {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
             rate_limiter: Arc::new(limits::RateLimiter::new(config.rate_limit.0, config.rate_limit.1)),
@@ -194,6 +201,7 @@ impl AppState {
             event_streams: Arc::default(),
             views: console::Views::new(),
             csrf: console::CsrfKey::generate(),
+            metrics,
             stopping: tokio::sync::watch::Sender::new(false),
         })))
     }
@@ -202,9 +210,10 @@ impl AppState {
 /// The router of `rpc.sock`: OpenRPC (`POST /rpc`, `GET /openrpc.json`), MCP (`/mcp`) and hero endpoints.
 pub fn rpc_router(state: AppState) -> Router {
     let routes = adapters::hero::routes(SocketKind::Rpc)
+        .route("/metrics", axum::routing::get(adapters::hero::metrics))
         .merge(adapters::openrpc::routes())
         .merge(adapters::mcp::routes(&state, false));
-    finish(routes, state)
+    finish(routes, state, false)
 }
 
 /// The router of `rest.sock`: REST under `/api/v1`, `GET /openapi.json` and hero endpoints.
@@ -212,6 +221,7 @@ pub fn rest_router(state: AppState) -> Router {
     finish(
         adapters::hero::routes(SocketKind::Rest).merge(adapters::rest::routes()),
         state,
+        false,
     )
 }
 
@@ -220,7 +230,7 @@ pub fn rest_router(state: AppState) -> Router {
 /// `X-Hero-User` and narrows the claims with `X-Hero-Claims`.
 pub fn ui_router(state: AppState) -> Router {
     let routes = adapters::hero::routes(SocketKind::Ui).merge(console::routes(&state));
-    finish(routes, state).layer(from_fn(console::relay_for_humans))
+    finish(routes, state, true).layer(from_fn(console::relay_for_humans))
 }
 
 /// The router of the optional TCP listener: OpenRPC, MCP and REST together.
@@ -229,13 +239,41 @@ pub fn tcp_router(state: AppState) -> Router {
         .merge(adapters::openrpc::routes())
         .merge(adapters::mcp::routes(&state, true))
         .merge(adapters::rest::routes());
-    finish(routes, state)
+    finish(routes, state, false)
+}
+
+/// The router of `--metrics-listen`: `GET /metrics` and `/health` only, unauthenticated,
+/// at most a few scrapes at once.
+pub fn metrics_router(state: AppState) -> Router {
+    use axum::routing::get;
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(4));
+    let limited = move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let scrapes = scrapes.clone();
+        async move {
+            match scrapes.try_acquire() {
+                Ok(_slot) => next.run(request).await,
+                Err(_) => error::render::reject_path("/metrics", ExecError::Overloaded),
+            }
+        }
+    };
+    let counted = state.metrics.clone();
+    Router::new()
+        .route("/metrics", get(adapters::hero::metrics_open))
+        .route("/health", get(adapters::hero::health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn(limited))
+        .layer(from_fn_with_state((counted, false), metrics::count_requests))
+        .with_state(state)
 }
 
 /// Adds the fallbacks and the layer stack every request passes (outermost first), and
 /// binds the state.
-fn finish(routes: Router<AppState>, state: AppState) -> Router {
+/// `ui` says whether the socket serves the console (for the requests' surface label).
+fn finish(routes: Router<AppState>, state: AppState, ui: bool) -> Router {
     let stack = ServiceBuilder::new()
+        // Every request is counted by surface and status, whatever answered it.
+        .layer(from_fn_with_state((state.metrics.clone(), ui), metrics::count_requests))
         // An id for every request, taken from `x-request-id` or made up; first, so every
         // log line below (and the response) carries it.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

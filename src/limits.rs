@@ -250,17 +250,23 @@ pub async fn admit(State(state): State<AppState>, mut request: Request, next: Ne
     let _peer_total = match total {
         Some(key) => match state.admission.try_acquire_scaled(&key, 2) {
             Some(slot) => Some(slot),
-            None => return reject_path(request.uri().path(), ExecError::Overloaded),
+            None => return shed(&state, &request),
         },
         None => None,
     };
     let Some(_own) = state.admission.try_acquire(&format!("{claimed}@{peer}")) else {
-        return reject_path(request.uri().path(), ExecError::Overloaded);
+        return shed(&state, &request);
     };
     let Ok(_any) = state.in_flight.clone().try_acquire_owned() else {
-        return reject_path(request.uri().path(), ExecError::Overloaded);
+        return shed(&state, &request);
     };
     next.run(request).await
+}
+
+/// Sheds a request at a concurrency limit (503), and counts it.
+fn shed(state: &AppState, request: &Request) -> Response {
+    state.metrics.shed();
+    reject_path(request.uri().path(), ExecError::Overloaded)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::config::Config;
 use axum::extract::ConnectInfo;
 
 use crate::identity::Peer;
-use crate::{AppState, rest_router, rpc_router, tcp_router, ui_router};
+use crate::{AppState, metrics_router, rest_router, rpc_router, tcp_router, ui_router};
 
 /// Async worker threads when `--workers` is not given: one per core less one, which the run
 /// writer thread keeps busy under load; at least one. On the 2-core benchmark machine one
@@ -57,6 +57,7 @@ pub struct Bound {
     rest: UnixListener,
     ui: UnixListener,
     tcp: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     sockets: Vec<PathBuf>,
     /// Held for the daemon's lifetime: the OS releases it when the process ends.
     _lock: File,
@@ -66,6 +67,11 @@ impl Bound {
     /// The TCP listener's actual address (useful with port 0).
     pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The metrics listener's actual address (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -107,11 +113,20 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
         ),
         None => None,
     };
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Tcp { addr, source })?,
+        ),
+        None => None,
+    };
     Ok(Bound {
         rpc,
         rest,
         ui,
         tcp,
+        metrics,
         sockets,
         _lock: lock,
     })
@@ -220,11 +235,15 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
     if let Some(tcp) = bound.tcp {
         servers.spawn(serve(tcp, tcp_router(state.clone()), limits, stopped()));
     }
+    if let Some(metrics) = bound.metrics {
+        servers.spawn(serve(metrics, metrics_router(state.clone()), limits, stopped()));
+    }
     tracing::info!(
         rpc = %config.rpc_socket().display(),
         rest = %config.rest_socket().display(),
         console = %config.ui_socket().display(),
         tcp = ?config.listen,
+        metrics = ?config.metrics_listen,
         version = crate::VERSION,
         "hero_executor listening"
     );

@@ -19,7 +19,8 @@ async fn hero_endpoints_on_every_socket() {
         assert_eq!(health.status, 200);
         assert_eq!(
             health.json(),
-            json!({"status": "ok", "service": "hero_executor", "version": env!("CARGO_PKG_VERSION")})
+            json!({"status": "ok", "service": "hero_executor", "version": env!("CARGO_PKG_VERSION"),
+                   "catalog": {"services": 0, "capabilities": 0}, "store": "ok"})
         );
         let info = get(&sock, "/.well-known/heroservice.json").await.json();
         assert_eq!(info["protocol"], protocol);

@@ -63,6 +63,7 @@ async fn handle(
             if let Some(caller) = &caller
                 && let Err(retry_after_s) = state.rate_limiter.check(&caller.principal.id, items.len() - 1)
             {
+                state.metrics.rate_limited();
                 let error = ExecError::RateLimited { retry_after_s };
                 let mut response = jsonrpc_error(&error, &Value::Null, StatusCode::TOO_MANY_REQUESTS);
                 response.headers_mut().insert(header::RETRY_AFTER, retry_after_s.into());

@@ -49,6 +49,11 @@ pub struct Cli {
     #[arg(long, env = "HERO_EXECUTOR_LISTEN")]
     pub listen: Option<SocketAddr>,
 
+    /// Serve GET /metrics (and /health) on this TCP address for scrapers, with no
+    /// authentication: bind it where only they reach (e.g. 127.0.0.1:9464)
+    #[arg(long, env = "HERO_EXECUTOR_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log format
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HERO_EXECUTOR_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -232,6 +237,9 @@ impl Cli {
         if let Some(listen) = self.listen {
             args.extend(["--listen".to_owned(), listen.to_string()]);
         }
+        if let Some(metrics) = self.metrics_listen {
+            args.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
+        }
         if let Some(workers) = self.workers {
             args.extend(["--workers".to_owned(), workers.to_string()]);
         }
@@ -250,6 +258,7 @@ impl Cli {
         let data_dir = config::default_data_dir(self.data_dir.as_deref())?;
         let mut config = Config::new(socket_dir, data_dir);
         config.listen = self.listen;
+        config.metrics_listen = self.metrics_listen;
         config.core.call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
         config.core.approval_ttl = Duration::from_secs(self.approval_ttl_secs.max(1));
         config.core.payload_cap = self.run_payload_cap_bytes;

@@ -59,12 +59,12 @@ impl Dispatcher {
                 tracing::info!(%run_id, approver = %actor(caller), %error, "approval refused by a fresh decision");
                 changes.finished_at = Some(now_ms());
                 changes.error = Some(error.to_jsonrpc(None));
-                self.conclude(run_id, status, changes).await?;
+                self.conclude(&run, status, changes).await?;
                 return Err(Failure::with_run(error, run_id));
             }
         };
         changes.started_at = Some(now_ms());
-        self.conclude(run_id, RunStatus::Running, changes).await?;
+        self.conclude(&run, RunStatus::Running, changes).await?;
         tracing::info!(%run_id, approver = %actor(caller), capability = %run.name, "approved");
         // The answer is the run as approved, read before the call can produce a result.
         let approved = self.existing(run_id).await;
@@ -74,14 +74,14 @@ impl Dispatcher {
 
     /// Rejects a held run.
     pub async fn reject(&self, caller: &Caller, run_id: &str, reason: Option<String>) -> Result<Run, Failure> {
-        self.pending(caller, run_id).await?;
+        let run = self.pending(caller, run_id).await?;
         let changes = Changes {
             finished_at: Some(now_ms()),
             approver: Some(actor(caller)),
             decision_note: reason,
             ..Changes::default()
         };
-        self.conclude(run_id, RunStatus::Rejected, changes).await?;
+        self.conclude(&run, RunStatus::Rejected, changes).await?;
         tracing::info!(%run_id, by = %actor(caller), "rejected");
         self.existing(run_id).await
     }
@@ -126,6 +126,7 @@ impl Dispatcher {
         {
             return Err(already_decided(run_id, self.runs().get(run_id).await?));
         }
+        self.count(&run.name, RunStatus::Cancelled);
         self.existing(run_id).await
     }
 
@@ -147,7 +148,9 @@ impl Dispatcher {
         };
         access::may_decide(caller, &run).map_err(|e| Failure::with_run(e, run_id))?;
         if run.status == RunStatus::AwaitingApproval && run.expires_at.is_some_and(|at| at <= now_ms()) {
-            self.runs().expire_due().await?;
+            for name in self.runs().expire_due().await? {
+                self.count(&name, RunStatus::Expired);
+            }
             let error = ExecError::Conflict(format!("run {run_id} expired before a decision"));
             return Err(Failure::with_run(error, run_id));
         }
@@ -190,10 +193,11 @@ impl Dispatcher {
             ceiling: &principal.ceiling,
             context: run.context,
         };
-        let permit = match self
+        let decision = self
             .policy()
-            .decide_approved(subject, &run.name, &capability.intent, &approver.claims)
-        {
+            .decide_approved(subject, &run.name, &capability.intent, &approver.claims);
+        self.metrics.decision(decision.verdict());
+        let permit = match decision {
             Decision::Allow(permit) => permit,
             Decision::Deny(explanation) => return refused(RunStatus::Denied, ExecError::Denied(explanation.reason)),
             Decision::RequireApproval(explanation) => {
@@ -252,13 +256,17 @@ impl Dispatcher {
     }
 
     /// Moves a held run to `status`, or says it was decided by someone else first.
-    async fn conclude(&self, run_id: &str, status: RunStatus, changes: Changes) -> Result<(), Failure> {
+    async fn conclude(&self, run: &Run, status: RunStatus, changes: Changes) -> Result<(), Failure> {
+        let run_id = run.id.as_str();
         let moved = self
             .runs()
             .transition(run_id, &[RunStatus::AwaitingApproval], status, changes)
             .await?;
         match moved {
-            true => Ok(()),
+            true => {
+                self.count(&run.name, status);
+                Ok(())
+            }
             false => Err(already_decided(run_id, self.runs().get(run_id).await?)),
         }
     }
@@ -297,8 +305,13 @@ impl Dispatcher {
             loop {
                 tick.tick().await;
                 match this.runs().expire_due().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(runs = n, "pending approvals expired"),
+                    Ok(names) if names.is_empty() => {}
+                    Ok(names) => {
+                        for name in &names {
+                            this.count(name, RunStatus::Expired);
+                        }
+                        tracing::info!(runs = names.len(), "pending approvals expired");
+                    }
                     Err(e) => tracing::warn!(error = %e, "expiring approvals failed"),
                 }
                 if let Some(retention) = this.config.retention

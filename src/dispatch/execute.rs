@@ -27,6 +27,7 @@ impl Dispatcher {
             _ => HeroIntent::UNDECLARED,
         };
         let decision = self.policy().decide(subject(&intent.caller), &name, &meta);
+        self.metrics.decision(decision.verdict());
         let input = Input::of(intent.params.as_ref());
         let size = input.text.len();
         if let Some(key) = &intent.idempotency_key {
@@ -92,9 +93,11 @@ impl Dispatcher {
         // The call runs later, so its params are kept whatever their size.
         run.input = Some(Input::of(intent.params.as_ref()).text);
         run.input_truncated = false;
+        let name = run.name.clone();
         if let Err(e) = self.runs().insert(run).await {
             return Failure::with_run(e, id);
         }
+        self.count(&name, RunStatus::AwaitingApproval);
         Failure::with_run(
             ExecError::ApprovalPending {
                 run_id: id.clone(),
@@ -110,6 +113,7 @@ impl Dispatcher {
         run.status = status;
         run.finished_at = Some(now_ms());
         run.error = Some(error.to_jsonrpc(None));
+        self.count(&run.name, status);
         if let Err(e) = self.runs().insert(run).await {
             return Failure::with_run(e, id);
         }

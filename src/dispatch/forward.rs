@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use crate::catalog::Capability;
 use crate::error::{ExecError, Failure};
 use crate::intent::{Caller, Claims, Outcome};
+use crate::metrics::Metrics;
 use crate::policy::Permit;
 use crate::runs::store::{Changes, RunStore};
 use crate::runs::{Run, RunStatus, now_ms};
@@ -21,6 +22,7 @@ pub(super) struct Forwarder {
     pub runs: Arc<RunStore>,
     pub call_timeout: Duration,
     pub payload_cap: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// One call to forward: the run it is recorded as, the capability, and the headers.
@@ -39,6 +41,7 @@ impl Forwarder {
             capability,
             headers,
         } = call;
+        let started = std::time::Instant::now();
         let outcome = if permit.capability() == capability.name {
             tracing::debug!(capability = %capability.name, %run_id, "forwarding");
             self.upstream
@@ -56,13 +59,19 @@ impl Forwarder {
                 "a permit for {allowed} presented for {asked}"
             )))
         };
-        self.record_end(&run_id, outcome.as_deref())
+        let status = self
+            .record_end(&run_id, outcome.as_deref())
             .map_err(|e| Failure::with_run(e, &run_id))?;
+        // The capability came from the catalog: its name is a label value it allows.
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics
+            .forwarded(&capability.name, seconds, outcome.as_ref().err());
+        self.metrics.call(capability.name.clone(), status);
         outcome.map_err(|e| Failure::with_run(e, run_id))
     }
 
     /// Records how a running run ended: its result (up to the storage cap) or its error.
-    fn record_end(&self, run_id: &str, outcome: Result<&RawValue, &ExecError>) -> Result<(), ExecError> {
+    fn record_end(&self, run_id: &str, outcome: Result<&RawValue, &ExecError>) -> Result<RunStatus, ExecError> {
         let mut changes = Changes {
             finished_at: Some(now_ms()),
             ..Changes::default()
@@ -82,7 +91,8 @@ impl Forwarder {
                 }
             }
         };
-        self.runs.finish(run_id, status, changes)
+        self.runs.finish(run_id, status, changes)?;
+        Ok(status)
     }
 }
 

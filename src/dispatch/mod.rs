@@ -24,7 +24,9 @@ use crate::catalog::{Capability, Catalog, HeroIntent, Snapshot};
 use crate::error::ExecError;
 use crate::identity::registry::Registry;
 use crate::intent::{Caller, Principal};
+use crate::metrics::Metrics;
 use crate::policy::{Decision, Explanation, Policy, Subject};
+use crate::runs::RunStatus;
 use crate::runs::store::RunStore;
 use crate::upstream::Upstream;
 use forward::Forwarder;
@@ -51,6 +53,7 @@ pub struct CoreConfig {
 /// Routes intents, under policy, to target services.
 pub struct Dispatcher {
     catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     /// The policy in force, and what it lets each subject see (replaced together).
     policy: RwLock<(Arc<Policy>, Arc<VisibilityCache>)>,
@@ -79,6 +82,7 @@ impl Dispatcher {
         policy_path: Option<PathBuf>,
         config: CoreConfig,
     ) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Self {
             catalog,
             registry,
@@ -89,7 +93,9 @@ impl Dispatcher {
                 runs,
                 call_timeout: config.call_timeout,
                 payload_cap: config.payload_cap,
+                metrics: metrics.clone(),
             },
+            metrics,
             running: Default::default(),
             validations: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_VALIDATIONS)),
             config,
@@ -109,6 +115,25 @@ impl Dispatcher {
     /// The run store.
     pub fn runs(&self) -> &Arc<RunStore> {
         &self.forwarder.runs
+    }
+
+    /// Counts into `metrics` (the ones `GET /metrics` renders) instead of its own.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.forwarder.metrics = metrics.clone();
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics calls are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts a call of `name` that ended as `status` (or was held): under its name if the
+    /// catalog has it, else as `unknown`.
+    fn count(&self, name: &str, status: RunStatus) {
+        let label = crate::metrics::capability_label(&self.catalog.snapshot(), name);
+        self.metrics.call(label, status);
     }
 
     /// The policy in force.

@@ -125,7 +125,10 @@ pub fn refuse<B>(request: &http::Request<B>, error: ExecError) -> Response {
 pub fn precheck<B>(state: &AppState, request: &mut http::Request<B>) -> Result<String, ExecError> {
     let headers = request.headers();
     if headers.contains_key("signature") || headers.contains_key("signature-input") {
-        let (keyid, parsed) = state.verifier.precheck(headers, crate::now_unix())?;
+        let (keyid, parsed) = state
+            .verifier
+            .precheck(headers, crate::now_unix())
+            .inspect_err(|e| count_signature_failure(state, e))?;
         request.extensions_mut().insert(parsed);
         return Ok(keyid);
     }
@@ -160,20 +163,31 @@ fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ExecError
     let parsed = request.extensions().get::<verify::Parsed>();
     let verified = state
         .verifier
-        .verify(request.method(), request.uri(), request.headers(), &body, now, parsed)?;
+        .verify(request.method(), request.uri(), request.headers(), &body, now, parsed)
+        .inspect_err(|e| count_signature_failure(state, e))?;
     rate_limited(state, &verified.principal.id)?;
-    state.verifier.remember(&verified, now)?;
+    state
+        .verifier
+        .remember(&verified, now)
+        .inspect_err(|e| count_signature_failure(state, e))?;
     request.extensions_mut().insert(verified.signature);
     request.extensions_mut().insert(verified.principal);
     Ok(())
 }
 
+/// Counts a refused signature under its reason.
+fn count_signature_failure(state: &AppState, error: &ExecError) {
+    if let Some(reason) = verify::failure_reason(error) {
+        state.metrics.signature_failure(reason);
+    }
+}
+
 /// Takes one token of `principal`'s rate.
 fn rate_limited(state: &AppState, principal: &str) -> Result<(), ExecError> {
-    state
-        .rate_limiter
-        .check(principal, 1)
-        .map_err(|retry_after_s| ExecError::RateLimited { retry_after_s })
+    state.rate_limiter.check(principal, 1).map_err(|retry_after_s| {
+        state.metrics.rate_limited();
+        ExecError::RateLimited { retry_after_s }
+    })
 }
 
 /// Step 2 of identity resolution: an unsigned request is trusted only from the daemon's

@@ -76,6 +76,34 @@ pub struct Verifier {
     replay: Mutex<ReplayCache>,
 }
 
+/// Why a signed request was refused, as a metric label ([`crate::metrics::SIGNATURE_REASONS`]),
+/// read from the refusal this module made; `None` for what is not about the signature.
+pub fn failure_reason(error: &ExecError) -> Option<&'static str> {
+    Some(match error {
+        ExecError::UnknownKey(msg) if msg.contains("revoked") => "revoked_key",
+        ExecError::UnknownKey(_) => "unknown_key",
+        ExecError::Unauthenticated(msg) => {
+            let has = |word: &str| msg.contains(word);
+            if has("replayed") {
+                "replayed"
+            } else if has("stale") || has("future") || has("expired") {
+                "expired"
+            } else if has("alg ") {
+                "algorithm"
+            } else if has("must cover") {
+                "coverage"
+            } else if has("igest") {
+                "digest"
+            } else if has("does not verify") {
+                "bad_signature"
+            } else {
+                "malformed"
+            }
+        }
+        _ => return None,
+    })
+}
+
 fn unauth(msg: impl Into<String>) -> ExecError {
     ExecError::Unauthenticated(msg.into())
 }

@@ -238,9 +238,49 @@ impl RunStore {
         self.fold_later(op, segment)
     }
 
-    /// Marks pending approvals whose deadline passed as `expired`; returns how many.
-    pub async fn expire_due(&self) -> Result<usize, ExecError> {
-        self.write(Op::ExpireDue { now: now_ms() }).await
+    /// Marks pending approvals whose deadline passed as `expired`; returns the capability
+    /// of each (read just before: one decided in between is still named).
+    pub async fn expire_due(&self) -> Result<Vec<String>, ExecError> {
+        let now = now_ms();
+        let due = self
+            .reader
+            .call(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT name FROM runs WHERE status = 'awaiting_approval' AND expires_at <= ?1")?;
+                let names = stmt.query_map([now], |r| r.get::<_, String>(0))?;
+                names.collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(internal)?;
+        if due.is_empty() {
+            return Ok(due);
+        }
+        self.write(Op::ExpireDue { now }).await?;
+        Ok(due)
+    }
+
+    /// Runs waiting for an approval, as SQLite has them now.
+    pub async fn pending_approvals(&self) -> Result<u64, ExecError> {
+        self.reader
+            .call(|conn| {
+                conn.prepare_cached("SELECT COUNT(*) FROM runs WHERE status = 'awaiting_approval'")?
+                    .query_row([], |r| r.get::<_, u64>(0))
+            })
+            .await
+            .map_err(internal)
+    }
+
+    /// Whether the database answers a read.
+    pub async fn healthy(&self) -> bool {
+        self.reader
+            .call(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            .await
+            .is_ok()
+    }
+
+    /// Journaled writes not yet folded into SQLite.
+    pub fn lag(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Deletes final runs created before `before` (Unix ms), optionally of one status.

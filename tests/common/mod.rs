@@ -61,6 +61,7 @@ impl Node {
     pub async fn start(&self, config: Config) -> Executor {
         let bound = server::bind(&config).await.expect("bind");
         let tcp = bound.tcp_addr();
+        let metrics = bound.metrics_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let state = AppState::new(config).expect("state");
         let task = tokio::spawn(server::run(state, bound, async {
@@ -70,6 +71,7 @@ impl Node {
             stop: Some(tx),
             task: Some(task),
             tcp,
+            metrics,
         }
     }
 
@@ -108,6 +110,8 @@ pub struct Executor {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     pub tcp: Option<std::net::SocketAddr>,
+    /// The `--metrics-listen` address, when configured.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Executor {
