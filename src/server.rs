@@ -105,22 +105,8 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     let rpc = bind_unix(config.rpc_socket())?;
     let rest = bind_unix(config.rest_socket())?;
     let ui = bind_unix(config.ui_socket())?;
-    let tcp = match config.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Tcp { addr, source })?,
-        ),
-        None => None,
-    };
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Tcp { addr, source })?,
-        ),
-        None => None,
-    };
+    let tcp = bind_tcp(config.listen).await?;
+    let metrics = bind_tcp(config.metrics_listen).await?;
     Ok(Bound {
         rpc,
         rest,
@@ -130,6 +116,17 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
         sockets,
         _lock: lock,
     })
+}
+
+/// Binds an optional TCP listener.
+async fn bind_tcp(addr: Option<std::net::SocketAddr>) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Tcp { addr, source })
 }
 
 fn make_dir(what: &'static str, path: &Path, mode: u32) -> Result<(), StartError> {
