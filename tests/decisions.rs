@@ -19,34 +19,6 @@ use hero_executor::client::{Client, ClientError, Signer, hero_headers};
 use http::{HeaderMap, Method};
 use serde_json::{Value, json};
 
-/// A node with the example service, an agent (`agent`) and an approver (`ops`).
-struct Setup {
-    node: Node,
-    _echo: ChildGuard,
-    agent: Client,
-    ops: Client,
-}
-
-async fn setup(node: Node, configure: impl FnOnce(&mut hero_executor::config::Config)) -> (Setup, Executor) {
-    let echo = node.spawn_echo("echo");
-    let mut config = node.config();
-    configure(&mut config);
-    let executor = node.start(config).await;
-    enrol(&node, "agent", &key(1), &["agent"], None).await;
-    enrol(&node, "ops", &key(2), &["ops"], None).await;
-    let agent = signed_client(&node, "agent", &key(1));
-    let ops = signed_client(&node, "ops", &key(2));
-    (
-        Setup {
-            node,
-            _echo: echo,
-            agent,
-            ops,
-        },
-        executor,
-    )
-}
-
 impl Setup {
     /// Calls as the owner (unsigned, same uid: full trust) and returns the whole response.
     async fn owner(&self, method: &str, params: Value) -> Value {

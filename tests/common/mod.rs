@@ -367,3 +367,32 @@ pub fn signed_client(node: &Node, keyid: &str, key: &ed25519_dalek::SigningKey) 
     hero_executor::client::Client::new(node.rpc_sock())
         .with_signer(hero_executor::client::Signer::new(keyid, key.clone()))
 }
+
+/// A node with the example service, an agent (`agent`, key 1) and an approver (`ops`, key 2),
+/// both signing; tests add their own calls in an `impl Setup`.
+pub struct Setup {
+    pub node: Node,
+    pub _echo: ChildGuard,
+    pub agent: hero_executor::client::Client,
+    pub ops: hero_executor::client::Client,
+}
+
+pub async fn setup(node: Node, configure: impl FnOnce(&mut hero_executor::config::Config)) -> (Setup, Executor) {
+    let echo = node.spawn_echo("echo");
+    let mut config = node.config();
+    configure(&mut config);
+    let executor = node.start(config).await;
+    enrol(&node, "agent", &key(1), &["agent"], None).await;
+    enrol(&node, "ops", &key(2), &["ops"], None).await;
+    let agent = signed_client(&node, "agent", &key(1));
+    let ops = signed_client(&node, "ops", &key(2));
+    (
+        Setup {
+            node,
+            _echo: echo,
+            agent,
+            ops,
+        },
+        executor,
+    )
+}
