@@ -194,6 +194,7 @@ fn run(id: String, i: usize) -> Run {
         parent_id: None,
         replay_of: None,
         cancelled_by: None,
+        trace: None,
         name: format!("svc{}.method{}", i % 20, i % 7),
         surface: hero_executor::intent::Surface::Openrpc,
         principal: format!("agent{}", i % 50),

@@ -31,6 +31,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Optional TCP listener that serves only `GET /metrics` and `/health`, unauthenticated.
     pub metrics_listen: Option<SocketAddr>,
+    /// OpenTelemetry export (`--otlp-endpoint`, `--otlp-runs`); off when `None`.
+    pub otlp: Option<crate::telemetry::OtlpConfig>,
     /// Timeout for `rpc.discover` on a target while building the catalog.
     pub discover_timeout: Duration,
     /// Largest request body accepted on any surface.
@@ -81,6 +83,7 @@ impl Config {
             data_dir: data_dir.into(),
             listen: None,
             metrics_listen: None,
+            otlp: None,
             discover_timeout: Duration::from_secs(5),
             max_body_bytes: 4 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,

@@ -63,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX runs_idempotency;
     CREATE UNIQUE INDEX runs_idempotency ON runs(principal, COALESCE(on_behalf_of, ''), name, idempotency_key)
         WHERE idempotency_key IS NOT NULL AND replay_of IS NULL AND (started_at IS NOT NULL OR expires_at IS NOT NULL);",
+    // 4: the call's W3C trace context, so an approved call's span links to the held one's.
+    "ALTER TABLE runs ADD COLUMN trace TEXT;",
 ];
 
 /// A database failure. Details are logged; callers see an internal error.

@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod policy;
 pub mod runs;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub struct Shared {
     pub csrf: console::CsrfKey,
     /// Counters and gauges of `GET /metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// OTLP export of spans and runs (`--otlp-endpoint`).
+    pub telemetry: Option<Arc<telemetry::Telemetry>>,
     /// Set when the daemon begins to stop: long-lived answers (event streams) end.
     pub stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -151,7 +154,22 @@ impl AppState {
         let db_path = config.data_dir.join("hero_executor.db");
         let db = db::Db::open(&db_path).map_err(|e| format!("{}: {e}", db_path.display()))?;
         let registry = Arc::new(Registry::load(db.clone()).map_err(|e| e.to_string())?);
-        let runs = Arc::new(RunStore::open(&db_path, db).map_err(|e| format!("{}: {e}", db_path.display()))?);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let telemetry = match &config.otlp {
+            Some(otlp) => {
+                let started = telemetry::Telemetry::start(otlp, metrics.clone())?;
+                tracing::info!(endpoint = %otlp.endpoint, runs = otlp.runs, "exporting traces over OTLP/HTTP");
+                Some(Arc::new(started))
+            }
+            None => None,
+        };
+        let export = telemetry.clone().filter(|t| t.exports_runs()).map(|t| {
+            let sink: runs::store::RunSink = Arc::new(move |run: &runs::Run| t.export_run(run));
+            sink
+        });
+        let runs = Arc::new(
+            RunStore::open_exporting(&db_path, db, export).map_err(|e| format!("{}: {e}", db_path.display()))?,
+        );
         let server_key = Arc::new(ServerKey::load_or_create(&config.data_dir)?);
         let policy = Policy::load(config.policy.as_deref()).map_err(|errors| errors.join("\n"))?;
         let own = upstream::OwnSockets {
@@ -170,7 +188,6 @@ impl AppState {
         );
         let own_uid = rustix::process::geteuid().as_raw();
         let mcp = config.mcp;
-        let metrics = Arc::new(metrics::Metrics::new());
         let core = dispatch::CoreConfig {
             local_owner: (config.unsigned_local == config::UnsignedLocal::Owner)
                 .then(|| Principal::local_owner(own_uid)),
@@ -186,7 +203,8 @@ impl AppState {
                 config.policy.clone(),
                 core,
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_telemetry(telemetry.clone()),
         );
         Ok(Self(Arc::new(Shared {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
@@ -202,6 +220,7 @@ impl AppState {
             views: console::Views::new(),
             csrf: console::CsrfKey::generate(),
             metrics,
+            telemetry,
             stopping: tokio::sync::watch::Sender::new(false),
         })))
     }
@@ -256,14 +275,18 @@ pub fn metrics_router(state: AppState) -> Router {
             }
         }
     };
-    let counted = state.metrics.clone();
+    let counted = metrics::Observed {
+        metrics: state.metrics.clone(),
+        ui: false,
+        telemetry: None,
+    };
     Router::new()
         .route("/metrics", get(adapters::hero::metrics_open))
         .route("/health", get(adapters::hero::health))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(limited))
-        .layer(from_fn_with_state((counted, false), metrics::count_requests))
+        .layer(from_fn_with_state(counted, metrics::count_requests))
         .with_state(state)
 }
 
@@ -271,9 +294,15 @@ pub fn metrics_router(state: AppState) -> Router {
 /// binds the state.
 /// `ui` says whether the socket serves the console (for the requests' surface label).
 fn finish(routes: Router<AppState>, state: AppState, ui: bool) -> Router {
+    let observed = metrics::Observed {
+        metrics: state.metrics.clone(),
+        ui,
+        telemetry: state.telemetry.clone(),
+    };
     let stack = ServiceBuilder::new()
-        // Every request is counted by surface and status, whatever answered it.
-        .layer(from_fn_with_state((state.metrics.clone(), ui), metrics::count_requests))
+        // Every request is counted by surface and status, whatever answered it, and with
+        // --otlp-endpoint has a span (continuing the caller's traceparent).
+        .layer(from_fn_with_state(observed, metrics::count_requests))
         // An id for every request, taken from `x-request-id` or made up; first, so every
         // log line below (and the response) carries it.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -56,6 +56,12 @@ struct VerdictLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabels {
+    signal: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -75,7 +81,7 @@ pub enum Surface {
 }
 
 impl Surface {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Rpc => "rpc",
             Self::Rest => "rest",
@@ -129,6 +135,7 @@ pub struct Metrics {
     catalog_services: Gauge,
     catalog_capabilities: Gauge,
     store_lag: Gauge,
+    otlp_dropped: Family<DroppedLabels, Counter>,
 }
 
 fn duration_buckets() -> Histogram {
@@ -207,6 +214,12 @@ impl Metrics {
             "Run records journaled but not yet folded into SQLite",
             store_lag.clone(),
         );
+        let otlp_dropped = Family::<DroppedLabels, Counter>::default();
+        registry.register(
+            "otlp_dropped",
+            "Spans and run records that did not reach the OTLP collector: queue_full (turned away at once) or export_failed",
+            otlp_dropped.clone(),
+        );
         registry.register(
             "build",
             "The executor's version",
@@ -226,6 +239,7 @@ impl Metrics {
             catalog_services,
             catalog_capabilities,
             store_lag,
+            otlp_dropped,
         }
     }
 
@@ -241,11 +255,10 @@ impl Metrics {
 
     /// A call that ended as `status` (or was held), counted under `capability`'s label.
     pub fn call(&self, capability: String, status: RunStatus) {
-        let outcome = match status {
-            RunStatus::AwaitingApproval => "held",
-            RunStatus::Running => return,
-            other => other.as_str(),
-        };
+        if status == RunStatus::Running {
+            return;
+        }
+        let outcome = outcome(status);
         self.calls.get_or_create(&CallLabels { capability, outcome }).inc();
     }
 
@@ -282,6 +295,13 @@ impl Metrics {
         self.signature_failures.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// `n` spans or run records (`signal`) that will not reach the collector.
+    pub fn otlp_dropped(&self, signal: &'static str, reason: &'static str, n: u64) {
+        self.otlp_dropped
+            .get_or_create(&DroppedLabels { signal, reason })
+            .inc_by(n);
+    }
+
     pub fn rate_limited(&self) {
         self.rate_limited.inc();
     }
@@ -300,6 +320,14 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// How a call that reached `status` is named in metrics and spans (`held` while it waits).
+pub fn outcome(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::AwaitingApproval => "held",
+        other => other.as_str(),
     }
 }
 
@@ -323,16 +351,28 @@ pub fn capability_label(snapshot: &Snapshot, name: &str) -> String {
     if known { name.to_owned() } else { UNKNOWN.to_owned() }
 }
 
+/// What [`count_requests`] counts into, for a socket that serves the console (`ui`) or not.
+#[derive(Clone)]
+pub struct Observed {
+    pub metrics: Arc<Metrics>,
+    pub ui: bool,
+    /// With `--otlp-endpoint`: a span per request too.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+}
+
 /// Counts every request by surface (from its path and whether the socket serves the
-/// console) and the status it was answered with.
+/// console) and the status it was answered with; traces it when telemetry is on.
 pub async fn count_requests(
-    State((metrics, ui)): State<(Arc<Metrics>, bool)>,
+    State(observed): State<Observed>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let surface = Surface::of(request.uri().path(), ui);
-    let response = next.run(request).await;
-    metrics.request(surface, response.status().as_u16());
+    let surface = Surface::of(request.uri().path(), observed.ui);
+    let response = match &observed.telemetry {
+        None => next.run(request).await,
+        Some(telemetry) => crate::telemetry::traced(telemetry, surface, request, next).await,
+    };
+    observed.metrics.request(surface, response.status().as_u16());
     response
 }
 

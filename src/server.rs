@@ -266,6 +266,14 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
     for socket in &bound.sockets {
         let _ = fs::remove_file(socket);
     }
+    if let Some(telemetry) = state.telemetry.clone() {
+        // Final runs reach the exporter once folded; then what is queued is sent, within
+        // the exporters' own timeouts.
+        if let Err(e) = state.dispatcher.runs().flush().await {
+            tracing::warn!(error = %e, "run store not settled before the last OTLP export");
+        }
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
     tracing::info!("stopped");
 }
 

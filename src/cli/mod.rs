@@ -54,6 +54,15 @@ pub struct Cli {
     #[arg(long, env = "HERO_EXECUTOR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Send traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318;
+    /// /v1/traces is appended). Off when unset
+    #[arg(long, env = "HERO_EXECUTOR_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Also send every finished run to the OTLP collector as a log record (/v1/logs)
+    #[arg(long, env = "HERO_EXECUTOR_OTLP_RUNS", requires = "otlp_endpoint")]
+    pub otlp_runs: bool,
+
     /// Log format
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HERO_EXECUTOR_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -240,6 +249,12 @@ impl Cli {
         if let Some(metrics) = self.metrics_listen {
             args.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
         }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            args.extend(["--otlp-endpoint".to_owned(), endpoint.clone()]);
+        }
+        if self.otlp_runs {
+            args.push("--otlp-runs".to_owned());
+        }
         if let Some(workers) = self.workers {
             args.extend(["--workers".to_owned(), workers.to_string()]);
         }
@@ -259,6 +274,11 @@ impl Cli {
         let mut config = Config::new(socket_dir, data_dir);
         config.listen = self.listen;
         config.metrics_listen = self.metrics_listen;
+        config.otlp = self
+            .otlp_endpoint
+            .as_deref()
+            .map(|endpoint| crate::telemetry::OtlpConfig::new(endpoint, self.otlp_runs))
+            .transpose()?;
         config.core.call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
         config.core.approval_ttl = Duration::from_secs(self.approval_ttl_secs.max(1));
         config.core.payload_cap = self.run_payload_cap_bytes;

@@ -52,7 +52,7 @@ impl Dispatcher {
             decision_note: note,
             ..Changes::default()
         };
-        let (permit, call, params) = match self.redecide(&run, caller).await {
+        let (permit, mut call, params) = match self.redecide(&run, caller).await {
             Redecided::Allowed(allowed) => *allowed,
             Redecided::NotThisApprover(error) => return Err(Failure::with_run(error, run_id)),
             Redecided::Refused(status, error) => {
@@ -65,6 +65,9 @@ impl Dispatcher {
         };
         changes.started_at = Some(now_ms());
         self.conclude(&run, RunStatus::Running, changes).await?;
+        // The approved call's span: the approver's request is its parent, the held call's
+        // span its link.
+        call.span = self.forwarder.telemetry.as_ref().map(|t| t.approved(caller, &run));
         tracing::info!(%run_id, approver = %actor(caller), capability = %run.name, "approved");
         // The answer is the run as approved, read before the call can produce a result.
         let approved = self.existing(run_id).await;
@@ -219,11 +222,19 @@ impl Dispatcher {
         if let Err(error) = self.validate(&capability, params.as_ref(), size).await {
             return refused(RunStatus::Failed, error);
         }
-        let headers = forward_headers(&claims, run.context, run.chain.get(1).cloned(), &run.id, None);
+        // The target sees the held call's trace continued.
+        let headers = forward_headers(
+            &claims,
+            run.context,
+            run.chain.get(1).cloned(),
+            &run.id,
+            run.trace.as_deref(),
+        );
         let call = Call {
             run_id: run.id.clone(),
             capability,
             headers,
+            span: None,
         };
         Redecided::Allowed(Box::new((permit, call, params)))
     }

@@ -10,6 +10,7 @@ use crate::runs::{Run, RunStatus, now_ms};
 use super::forward::{Call, caller_headers, outcome_of};
 use super::record::{Input, new_run};
 use super::{Dispatcher, subject};
+use crate::telemetry::Traced;
 
 /// Longest idempotency key, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
@@ -28,6 +29,13 @@ impl Dispatcher {
         };
         let decision = self.policy().decide(subject(&intent.caller), &name, &meta);
         self.metrics.decision(decision.verdict());
+        // With --otlp-endpoint: the call's span, ended wherever the call ends.
+        let span = self.forwarder.telemetry.as_ref().map(|t| {
+            let label = crate::metrics::capability_label(&self.catalog.snapshot(), &name);
+            let mut span = t.call(&intent.caller, intent.surface.as_str(), &name, &label);
+            span.set("hero.decision", decision.verdict().as_str());
+            span
+        });
         let input = Input::of(intent.params.as_ref());
         let size = input.text.len();
         if let Some(key) = &intent.idempotency_key {
@@ -40,16 +48,17 @@ impl Dispatcher {
                 .by_idempotency_key(&caller.principal.id, caller.user.as_deref(), &name, key)
                 .await?;
             if let Some(first) = first {
-                return self.replay(&intent, first, decision, input).await;
+                return self.replay(&intent, first, decision, input, span).await;
             }
         }
         let mut run = new_run(&intent, decision.explanation(), input, self.forwarder.payload_cap);
+        let span = traced(span, &mut run);
         let id = run.id.clone();
         // Denied: recorded, and answered without saying whether the capability exists.
         let permit = match decision {
             Decision::Deny(explanation) => {
                 let error = ExecError::Denied(explanation.reason);
-                return Err(self.record_refusal(run, RunStatus::Denied, error).await);
+                return Err(self.record_refusal(run, RunStatus::Denied, error, span).await);
             }
             Decision::RequireApproval(_) => None,
             Decision::Allow(permit) => Some(permit),
@@ -58,18 +67,18 @@ impl Dispatcher {
             Lookup::Found(capability) => capability,
             Lookup::UnknownMethod | Lookup::UnknownService => {
                 let error = ExecError::NotFound(format!("no capability {name}"));
-                return Err(self.record_refusal(run, RunStatus::Failed, error).await);
+                return Err(self.record_refusal(run, RunStatus::Failed, error, span).await);
             }
             Lookup::Unavailable(why) => {
                 let error = ExecError::TargetUnavailable(why);
-                return Err(self.record_refusal(run, RunStatus::Failed, error).await);
+                return Err(self.record_refusal(run, RunStatus::Failed, error, span).await);
             }
         };
         if let Err(error) = self.validate(&capability, intent.params.as_ref(), size).await {
-            return Err(self.record_refusal(run, RunStatus::Failed, error).await);
+            return Err(self.record_refusal(run, RunStatus::Failed, error, span).await);
         }
         let Some(permit) = permit else {
-            return Err(self.hold(run, &intent).await);
+            return Err(self.hold(run, &intent, span).await);
         };
         run.status = RunStatus::Running;
         run.started_at = Some(now_ms());
@@ -80,12 +89,13 @@ impl Dispatcher {
             headers: caller_headers(&intent.caller, &id),
             run_id: id,
             capability,
+            span,
         };
         self.forwarder.forward(permit, call, intent.params.as_ref()).await
     }
 
     /// Records a call held for approval; returns the -32010 to answer with.
-    async fn hold(&self, mut run: Run, intent: &Intent) -> Failure {
+    async fn hold(&self, mut run: Run, intent: &Intent, span: Option<Traced>) -> Failure {
         let id = run.id.clone();
         let expires_at = now_ms() + self.config.approval_ttl.as_millis() as i64;
         run.status = RunStatus::AwaitingApproval;
@@ -97,7 +107,7 @@ impl Dispatcher {
         if let Err(e) = self.runs().insert(run).await {
             return Failure::with_run(e, id);
         }
-        self.count(&name, RunStatus::AwaitingApproval);
+        self.ended(&name, RunStatus::AwaitingApproval, None, span);
         Failure::with_run(
             ExecError::ApprovalPending {
                 run_id: id.clone(),
@@ -108,12 +118,12 @@ impl Dispatcher {
     }
 
     /// Records a run that ends before forwarding, and returns the failure to answer with.
-    async fn record_refusal(&self, mut run: Run, status: RunStatus, error: ExecError) -> Failure {
+    async fn record_refusal(&self, mut run: Run, status: RunStatus, error: ExecError, span: Option<Traced>) -> Failure {
         let id = run.id.clone();
         run.status = status;
         run.finished_at = Some(now_ms());
         run.error = Some(error.to_jsonrpc(None));
-        self.count(&run.name, status);
+        self.ended(&run.name, status, Some(&error), span);
         if let Err(e) = self.runs().insert(run).await {
             return Failure::with_run(e, id);
         }
@@ -125,12 +135,23 @@ impl Dispatcher {
     /// capability does not get its stored outcome. Then the first run's outcome, never a
     /// second execution; a different input under the same key is a conflict. The retry is
     /// recorded as a run of its own that points at the first (`replay_of`).
-    async fn replay(&self, intent: &Intent, first: Run, decision: Decision, input: Input) -> Outcome {
+    async fn replay(
+        &self,
+        intent: &Intent,
+        first: Run,
+        decision: Decision,
+        input: Input,
+        span: Option<Traced>,
+    ) -> Outcome {
         let mut run = new_run(intent, decision.explanation(), input, 0);
         run.replay_of = Some(first.id.clone());
+        let mut span = traced(span, &mut run);
+        if let Some(span) = &mut span {
+            span.set("hero.replay_of", first.id.clone());
+        }
         if let Decision::Deny(explanation) = &decision {
             let error = ExecError::Denied(explanation.reason.clone());
-            return Err(self.record_refusal(run, RunStatus::Denied, error).await);
+            return Err(self.record_refusal(run, RunStatus::Denied, error, span).await);
         }
         let key = first.idempotency_key.as_deref().unwrap_or_default();
         if first.context != run.context {
@@ -138,14 +159,14 @@ impl Dispatcher {
                 "idempotency key {key:?} was used in context {} (run {})",
                 first.context, first.id
             ));
-            return Err(self.record_refusal(run, RunStatus::Failed, error).await);
+            return Err(self.record_refusal(run, RunStatus::Failed, error, span).await);
         }
         if first.input_sha256 != run.input_sha256 {
             let error = ExecError::Conflict(format!(
                 "idempotency key {key:?} was used for a different call (run {})",
                 first.id
             ));
-            return Err(self.record_refusal(run, RunStatus::Failed, error).await);
+            return Err(self.record_refusal(run, RunStatus::Failed, error, span).await);
         }
         // An outcome that needed no approval is not handed out once the call needs one.
         if decision.verdict() == Verdict::RequireApproval && first.decision != Verdict::RequireApproval {
@@ -154,7 +175,7 @@ impl Dispatcher {
                  retry with a new key",
                 first.name
             ));
-            return Err(self.record_refusal(run, RunStatus::Failed, error).await);
+            return Err(self.record_refusal(run, RunStatus::Failed, error, span).await);
         }
         let first = match first.status {
             RunStatus::Running => self.runs().wait(&first.id, self.config.call_timeout).await?,
@@ -170,7 +191,19 @@ impl Dispatcher {
         run.started_at = Some(run.created_at);
         run.finished_at = Some(now_ms());
         let id = run.id.clone();
+        let status = run.status;
         self.runs().insert(run).await.map_err(|e| Failure::with_run(e, id))?;
+        if let Some(span) = span {
+            span.end_call(status, outcome.as_ref().err().map(|f| &f.error));
+        }
         outcome
     }
+}
+
+/// Tells a call's span which run records it, and records the span's trace on the run.
+fn traced(span: Option<Traced>, run: &mut Run) -> Option<Traced> {
+    let mut span = span?;
+    span.set("hero.run_id", run.id.clone());
+    run.trace = Some(span.traceparent());
+    Some(span)
 }

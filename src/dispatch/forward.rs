@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::policy::Permit;
 use crate::runs::store::{Changes, RunStore};
 use crate::runs::{Run, RunStatus, now_ms};
+use crate::telemetry::{Telemetry, Traced};
 use crate::upstream::{ForwardHeaders, Upstream};
 
 /// What forwarding needs; cheap to clone into a task that runs an approved call.
@@ -23,6 +24,8 @@ pub(super) struct Forwarder {
     pub call_timeout: Duration,
     pub payload_cap: usize,
     pub metrics: Arc<Metrics>,
+    /// Spans over OTLP, when `--otlp-endpoint` is set.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// One call to forward: the run it is recorded as, the capability, and the headers.
@@ -30,6 +33,9 @@ pub(super) struct Call {
     pub run_id: String,
     pub capability: Arc<Capability>,
     pub headers: ForwardHeaders,
+    /// The call's span (with `--otlp-endpoint`): ended with the call; the forwarded call's
+    /// own span is its child, and the target is sent that span as `traceparent`.
+    pub span: Option<Traced>,
 }
 
 impl Forwarder {
@@ -39,12 +45,22 @@ impl Forwarder {
         let Call {
             run_id,
             capability,
-            headers,
+            mut headers,
+            span,
         } = call;
         let started = std::time::Instant::now();
         let outcome = if permit.capability() == capability.name {
             tracing::debug!(capability = %capability.name, %run_id, "forwarding");
-            self.upstream
+            let upstream = match (&self.telemetry, &span) {
+                (Some(telemetry), Some(call)) => {
+                    let upstream = telemetry.upstream(call, &capability.service, &capability.method, &run_id);
+                    headers.traceparent = upstream.traceparent();
+                    Some(upstream)
+                }
+                _ => None,
+            };
+            let outcome = self
+                .upstream
                 .call(
                     &capability.service,
                     &capability.method,
@@ -52,7 +68,11 @@ impl Forwarder {
                     &headers,
                     self.call_timeout,
                 )
-                .await
+                .await;
+            if let Some(upstream) = upstream {
+                upstream.end_upstream(outcome.as_ref().err());
+            }
+            outcome
         } else {
             let (allowed, asked) = (permit.capability(), &capability.name);
             Err(ExecError::Internal(format!(
@@ -67,6 +87,9 @@ impl Forwarder {
         self.metrics
             .forwarded(&capability.name, seconds, outcome.as_ref().err());
         self.metrics.call(capability.name.clone(), status);
+        if let Some(span) = span {
+            span.end_call(status, outcome.as_ref().err());
+        }
         outcome.map_err(|e| Failure::with_run(e, run_id))
     }
 

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Decision, Explanation, Policy, Subject};
 use crate::runs::RunStatus;
 use crate::runs::store::RunStore;
+use crate::telemetry::{Telemetry, Traced};
 use crate::upstream::Upstream;
 use forward::Forwarder;
 pub use forward::valid_traceparent;
@@ -94,6 +95,7 @@ impl Dispatcher {
                 call_timeout: config.call_timeout,
                 payload_cap: config.payload_cap,
                 metrics: metrics.clone(),
+                telemetry: None,
             },
             metrics,
             running: Default::default(),
@@ -124,6 +126,12 @@ impl Dispatcher {
         self
     }
 
+    /// Traces calls over OTLP (`--otlp-endpoint`).
+    pub fn with_telemetry(mut self, telemetry: Option<Arc<Telemetry>>) -> Self {
+        self.forwarder.telemetry = telemetry;
+        self
+    }
+
     /// The metrics calls are counted in.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -134,6 +142,14 @@ impl Dispatcher {
     fn count(&self, name: &str, status: RunStatus) {
         let label = crate::metrics::capability_label(&self.catalog.snapshot(), name);
         self.metrics.call(label, status);
+    }
+
+    /// A call that ended (or was held) before forwarding: counted, and its span ended.
+    fn ended(&self, name: &str, status: RunStatus, error: Option<&ExecError>, span: Option<Traced>) {
+        self.count(name, status);
+        if let Some(span) = span {
+            span.end_call(status, error);
+        }
     }
 
     /// The policy in force.

@@ -14,6 +14,7 @@ use crate::error::render::reject;
 use crate::intent::{Caller, Claims, Principal};
 
 use crate::access::IMPERSONATE_CLAIM;
+use crate::telemetry::{AnsweredFor, RequestTrace};
 
 /// Builds the [`Caller`] for requests that carry a principal.
 pub async fn hero_context(mut request: Request, next: Next) -> Response {
@@ -28,14 +29,25 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
         .to_owned();
     let relay = request.extensions().get::<HumanRelay>().is_some();
     match caller(principal, request.headers(), request_id, relay) {
-        Ok(caller) => {
+        Ok(mut caller) => {
             let span = tracing::Span::current();
             span.record("principal", tracing::field::display(&caller.principal.id));
             if let Some(user) = &caller.user {
                 span.record("user", tracing::field::display(user));
             }
+            // With --otlp-endpoint the request has a span (the caller's traceparent is its
+            // parent): calls continue that span.
+            let traced = request.extensions().get::<RequestTrace>().map(|t| t.0.clone());
+            let principal = traced.is_some().then(|| caller.principal.id.clone());
+            if traced.is_some() {
+                caller.traceparent = traced;
+            }
             request.extensions_mut().insert(caller);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            if let Some(principal) = principal {
+                response.extensions_mut().insert(AnsweredFor(principal));
+            }
+            response
         }
         Err(error) => reject(&request, error),
     }

@@ -319,6 +319,7 @@ mod tests {
             approver: None,
             decision_note: None,
             cancelled_by: None,
+            trace: None,
             created_at: 1,
             started_at: Some(1),
             finished_at: None,

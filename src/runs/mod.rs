@@ -120,6 +120,10 @@ pub struct Run {
     pub finished_at: Option<i64>,
     /// When a pending approval expires.
     pub expires_at: Option<i64>,
+    /// The call's W3C `traceparent`: its own span's with `--otlp-endpoint`, else the
+    /// caller's (if it sent one). An approved call's span links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl Run {

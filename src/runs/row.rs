@@ -15,7 +15,7 @@ pub(super) fn uuid_v7_floor(ms: i64) -> String {
 pub(super) const COLUMNS: &str =
     "id, parent_id, name, surface, principal, chain, context, claims, service, method, input_sha256,
     input, input_truncated, idempotency_key, decision, rule, approvers, status, result, result_truncated, error,
-    approver, decision_note, created_at, started_at, finished_at, expires_at, replay_of, cancelled_by";
+    approver, decision_note, created_at, started_at, finished_at, expires_at, replay_of, cancelled_by, trace";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
     let json_list = |text: String| serde_json::from_str::<Vec<String>>(&text).unwrap_or_default();
@@ -57,5 +57,6 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         expires_at: row.get(26)?,
         replay_of: row.get(27)?,
         cancelled_by: row.get(28)?,
+        trace: row.get(29)?,
     })
 }

@@ -19,6 +19,10 @@ use super::{Run, RunStatus, now_ms};
 use crate::db::{Db, DbError};
 use crate::error::ExecError;
 
+/// Told, on the writer thread, of each run that reached a final status (after its commit).
+/// Must not block: `--otlp-runs` queues the record for export.
+pub type RunSink = Arc<dyn Fn(&Run) + Send + Sync>;
+
 /// A run changed status.
 #[derive(Debug, Clone)]
 pub struct RunEvent {
@@ -91,6 +95,11 @@ impl RunStore {
     /// marks runs left `running` by a previous process as `interrupted`, and starts the
     /// writer thread.
     pub fn open(path: &Path, reader: Db) -> Result<Self, DbError> {
+        Self::open_exporting(path, reader, None)
+    }
+
+    /// [`RunStore::open`], telling `export` of every run that becomes final.
+    pub fn open_exporting(path: &Path, reader: Db, export: Option<RunSink>) -> Result<Self, DbError> {
         let mut conn = Db::open_writer(path)?;
         let io_error = |e: std::io::Error| DbError::from(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
         // What the last process journaled but did not fold comes first.
@@ -124,6 +133,7 @@ impl RunStore {
         let folding = Folding {
             journal: journal.clone(),
             pending: pending.clone(),
+            export,
         };
         std::thread::Builder::new()
             .name("run-writer".into())
@@ -152,6 +162,11 @@ impl RunStore {
                 segment,
             })
             .map_err(|_| internal("the writer thread stopped"))
+    }
+
+    /// Waits until every run write queued so far is committed.
+    pub async fn flush(&self) -> Result<(), ExecError> {
+        self.settled().await
     }
 
     /// Waits until every journaled write queued so far is in SQLite, so a read sees every
@@ -524,6 +539,7 @@ mod tests {
             parent_id: None,
             replay_of: None,
             cancelled_by: None,
+            trace: None,
             name: format!("svc{}.m", i % 20),
             surface: crate::intent::Surface::Openrpc,
             principal: format!("agent{}", i % 50),

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::RunStatus;
 use super::journal::{Entry, Journal};
+use super::row::{COLUMNS, from_row};
 use super::store::{Changes, RunEvent};
 use crate::runs::Run;
 
@@ -156,6 +157,8 @@ pub(super) struct Folding {
     pub journal: Arc<Journal>,
     /// Journaled writes queued and not yet folded (reads wait for them when there are any).
     pub pending: Arc<AtomicU64>,
+    /// Told of every run that reached a final status, once it is committed.
+    pub export: Option<super::store::RunSink>,
 }
 
 pub(super) fn writer_loop(
@@ -192,7 +195,13 @@ pub(super) fn writer_loop(
         last = batch.len();
         coalesce(&mut batch);
         match commit(conn, &batch, wal) {
-            Ok(results) => settle(batch, results, &events, folding),
+            Ok(results) => {
+                let finals = folding.export.as_ref().map(|_| finals(&batch, &results));
+                settle(batch, results, &events, folding);
+                if let (Some(export), Some(finals)) = (&folding.export, finals) {
+                    export_finals(conn, export, finals);
+                }
+            }
             Err(e) => {
                 // Decisions get the error; journaled writes stay queued (and stay in the
                 // journal, which keeps what is not folded) and are tried again shortly.
@@ -262,6 +271,49 @@ fn settle(
     }
 }
 
+/// A run a commit made final: the record itself when the batch had it whole, else its id.
+enum Final {
+    Run(Box<Run>),
+    Id(String),
+}
+
+/// The runs a committed batch made final.
+fn finals(batch: &[Job], results: &[Result<Applied, String>]) -> Vec<Final> {
+    let mut finals = Vec::new();
+    for (job, result) in batch.iter().zip(results) {
+        let Ok(applied) = result else { continue };
+        for event in applied.events.iter().filter(|e| e.status.is_final()) {
+            finals.push(match &job.op {
+                Op::Insert(run) if run.id == event.id => Final::Run(run.clone()),
+                _ => Final::Id(event.id.clone()),
+            });
+        }
+    }
+    finals
+}
+
+/// Hands the final runs to the exporter, reading those the batch did not carry whole.
+fn export_finals(conn: &Connection, export: &super::store::RunSink, finals: Vec<Final>) {
+    for item in finals {
+        let run = match item {
+            Final::Run(run) => *run,
+            Final::Id(id) => {
+                let read = conn
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"))
+                    .and_then(|mut stmt| stmt.query_row([&id], from_row));
+                match read {
+                    Ok(run) => run,
+                    Err(e) => {
+                        tracing::warn!(error = %e, run_id = %id, "cannot read a final run to export it");
+                        continue;
+                    }
+                }
+            }
+        };
+        export(&run);
+    }
+}
+
 fn apply(tx: &Transaction<'_>, op: &Op) -> rusqlite::Result<Applied> {
     match op {
         Op::Insert(run) => insert(tx, run, false),
@@ -279,9 +331,9 @@ fn insert(tx: &Transaction<'_>, run: &Run, replaying: bool) -> rusqlite::Result<
         "{verb} INTO runs (id, parent_id, name, surface, principal, chain, context, claims, service, method,
              input_sha256, input, input_truncated, idempotency_key, decision, rule, approvers, status, result,
              result_truncated, error, approver, decision_note, created_at, started_at, finished_at, expires_at,
-             on_behalf_of, replay_of, cancelled_by)
+             on_behalf_of, replay_of, cancelled_by, trace)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20,
-             ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+             ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
     ))?
     .execute(params![
         run.id,
@@ -314,6 +366,7 @@ fn insert(tx: &Transaction<'_>, run: &Run, replaying: bool) -> rusqlite::Result<
         run.chain.get(1),
         run.replay_of,
         run.cancelled_by,
+        run.trace,
     ])?;
     Ok(Applied {
         rows: 1,

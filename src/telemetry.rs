@@ -1,0 +1,722 @@
+//! OpenTelemetry over OTLP/HTTP (DESIGN section 14). Off unless `--otlp-endpoint` is set;
+//! when off nothing here exists and a request or call pays one `Option` check.
+//!
+//! Spans: one per request (server), one per capability call (its run id, capability,
+//! principal, decision and outcome), one per forwarded call (client, the call's child). A
+//! caller's `traceparent` is continued, and the forwarded call carries the upstream span's.
+//! An approved call's span is linked to the span of the call that was held. With
+//! `--otlp-runs` each run's final state is also one log record, carrying its call's trace.
+//!
+//! The SDK's batch processors export on their own threads. Their queues drop silently
+//! when full, so a [`Gate`] in front of each admits at most what the queue holds and
+//! counts what it turns away: a slow or absent collector costs a call an atomic add, and
+//! every span or record that does not reach it is counted in `/metrics`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry::trace::{
+    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{
+    BatchLogProcessor, LogBatch, LogExporter, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider,
+};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span as SdkSpan, SpanData, SpanExporter, SpanProcessor,
+};
+
+use crate::error::ExecError;
+use crate::intent::Caller;
+use crate::metrics::Metrics;
+use crate::policy::Verdict;
+use crate::runs::{Run, RunStatus};
+
+/// Spans (and, separately, run records) waiting for export at most; past this they are
+/// dropped and counted.
+const QUEUE: usize = 8192;
+/// Spans or records sent in one export request at most.
+const EXPORT_BATCH: usize = 512;
+/// How long a batch may wait before it is sent.
+const EXPORT_DELAY: Duration = Duration::from_secs(2);
+/// How long one export request may take.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and what to export, and the export's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The collector's base URL (`http(s)://host:port[/prefix]`); `/v1/traces` and
+    /// `/v1/logs` are appended, as `OTEL_EXPORTER_OTLP_ENDPOINT` would be.
+    pub endpoint: String,
+    /// Also export every final run as a log record.
+    pub runs: bool,
+    /// Spans (and run records) queued at most.
+    pub queue: usize,
+    /// How long a batch may wait before it is sent.
+    pub delay: Duration,
+    /// How long one export request may take.
+    pub timeout: Duration,
+}
+
+impl OtlpConfig {
+    /// Checks the endpoint: an absolute `http` or `https` URL with a host, no query. The
+    /// bounds are ours unless the OpenTelemetry SDK variables set them, as they would in
+    /// any SDK: `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms) and
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms).
+    pub fn new(endpoint: &str, runs: bool) -> Result<Self, String> {
+        let trimmed = endpoint.trim().trim_end_matches('/');
+        let uri: http::Uri = trimmed
+            .parse()
+            .map_err(|e| format!("--otlp-endpoint {endpoint:?} is not a URL: {e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+            return Err(format!(
+                "--otlp-endpoint {endpoint:?} must be an http:// or https:// URL with a host (e.g. http://127.0.0.1:4318)"
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(format!("--otlp-endpoint {endpoint:?} must not have a query"));
+        }
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        Ok(Self {
+            endpoint: trimmed.to_owned(),
+            runs,
+            queue: env("OTEL_BSP_MAX_QUEUE_SIZE").map_or(QUEUE, |n| n.max(1) as usize),
+            delay: env("OTEL_BSP_SCHEDULE_DELAY").map_or(EXPORT_DELAY, Duration::from_millis),
+            timeout: env("OTEL_EXPORTER_OTLP_TIMEOUT").map_or(EXPORT_TIMEOUT, Duration::from_millis),
+        })
+    }
+
+    fn signal_url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint)
+    }
+}
+
+/// The tracer, and the run logger when `--otlp-runs` is on.
+pub struct Telemetry {
+    tracer: SdkTracer,
+    provider: SdkTracerProvider,
+    runs: Option<(SdkLoggerProvider, SdkLogger)>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("runs", &self.runs.is_some()).finish()
+    }
+}
+
+impl Telemetry {
+    /// Builds the exporters and starts their batch threads. Nothing is sent until there is
+    /// something to send; a collector that is down only makes exports fail (counted).
+    pub fn start(config: &OtlpConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        // reqwest is built without a default TLS provider (DESIGN section 11): install ring.
+        // Fails only if one is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let resource = Resource::builder()
+            .with_service_name("hero_executor")
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(config.signal_url("/v1/traces"))
+            .with_timeout(config.timeout)
+            .build()
+            .map_err(|e| format!("OTLP trace exporter: {e}"))?;
+        let gate = Arc::new(Gate::new(config.queue, "spans", metrics.clone()));
+        let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(config.queue)
+            .with_max_export_batch_size(EXPORT_BATCH.min(config.queue))
+            .with_scheduled_delay(config.delay)
+            .build();
+        let processor = BatchSpanProcessor::builder(Counted {
+            inner: spans,
+            gate: gate.clone(),
+        })
+        .with_batch_config(batch)
+        .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(GatedSpans { inner: processor, gate })
+            // A caller that asked for no sampling (flags 00) is not traced further.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .with_resource(resource.clone())
+            .build();
+        let tracer = provider.tracer_with_scope(scope());
+        let runs = match config.runs {
+            false => None,
+            true => {
+                let records = opentelemetry_otlp::LogExporter::builder()
+                    .with_http()
+                    .with_endpoint(config.signal_url("/v1/logs"))
+                    .with_timeout(config.timeout)
+                    .build()
+                    .map_err(|e| format!("OTLP log exporter: {e}"))?;
+                let gate = Arc::new(Gate::new(config.queue, "runs", metrics));
+                let batch = opentelemetry_sdk::logs::BatchConfigBuilder::default()
+                    .with_max_queue_size(config.queue)
+                    .with_max_export_batch_size(EXPORT_BATCH.min(config.queue))
+                    .with_scheduled_delay(config.delay)
+                    .build();
+                let processor = BatchLogProcessor::builder(Counted {
+                    inner: records,
+                    gate: gate.clone(),
+                })
+                .with_batch_config(batch)
+                .build();
+                let provider = SdkLoggerProvider::builder()
+                    .with_log_processor(GatedRecords { inner: processor, gate })
+                    .with_resource(resource)
+                    .build();
+                let logger = provider.logger_with_scope(scope());
+                Some((provider, logger))
+            }
+        };
+        Ok(Self { tracer, provider, runs })
+    }
+
+    /// Sends what is queued and stops the batch threads (blocks: call it off the async
+    /// workers). Bounded by the exporters' own timeouts.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "OTLP trace export did not shut down cleanly");
+        }
+        if let Some((provider, _)) = &self.runs
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "OTLP run export did not shut down cleanly");
+        }
+    }
+
+    /// Whether final runs are exported as log records.
+    pub fn exports_runs(&self) -> bool {
+        self.runs.is_some()
+    }
+
+    /// Starts the span of one request, continuing `traceparent` when the caller sent one.
+    pub fn request(
+        &self,
+        surface: &'static str,
+        method: &http::Method,
+        path: &str,
+        traceparent: Option<&str>,
+    ) -> Traced {
+        let span = self
+            .tracer
+            .span_builder(format!("{method} {surface}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("hero.surface", surface),
+                KeyValue::new("http.request.method", method.as_str().to_owned()),
+                KeyValue::new("url.path", path.to_owned()),
+            ])
+            .start_with_context(&self.tracer, &parent(traceparent));
+        Traced::new(span)
+    }
+
+    /// Starts the span of one capability call. `label` names it (a catalog name or
+    /// `unknown`, so invented names do not become span names); the asked name is an
+    /// attribute.
+    pub fn call(&self, caller: &Caller, surface: &'static str, asked: &str, label: &str) -> Traced {
+        self.call_span(
+            caller.traceparent.as_deref(),
+            caller_attributes(caller, surface, asked),
+            label,
+            None,
+        )
+    }
+
+    /// Starts the span of an approved call: a child of the approver's request, linked to
+    /// the span of the call that was held (`run.trace`).
+    pub fn approved(&self, approver: &Caller, run: &Run) -> Traced {
+        let mut attributes = vec![
+            KeyValue::new("hero.capability", run.name.clone()),
+            KeyValue::new("hero.principal", run.principal.clone()),
+            KeyValue::new("hero.context", run.context as i64),
+            KeyValue::new("hero.surface", run.surface.as_str()),
+            KeyValue::new("hero.run_id", run.id.clone()),
+            KeyValue::new("hero.decision", Verdict::RequireApproval.as_str()),
+            KeyValue::new("hero.approver", crate::access::actor(approver)),
+        ];
+        if let Some(user) = run.chain.get(1) {
+            attributes.push(KeyValue::new("hero.user", user.clone()));
+        }
+        let held = run.trace.as_deref().and_then(span_context);
+        self.call_span(approver.traceparent.as_deref(), attributes, &run.name, held)
+    }
+
+    fn call_span(
+        &self,
+        parent_trace: Option<&str>,
+        attributes: Vec<KeyValue>,
+        label: &str,
+        held: Option<SpanContext>,
+    ) -> Traced {
+        let mut builder = self
+            .tracer
+            .span_builder(format!("call {label}"))
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attributes);
+        if let Some(held) = held {
+            builder = builder.with_links(vec![Link::with_context(held)]);
+        }
+        Traced::new(builder.start_with_context(&self.tracer, &parent(parent_trace)))
+    }
+
+    /// Starts the span of a forwarded call, a child of its call's span.
+    pub fn upstream(&self, call: &Traced, service: &str, method: &str, run_id: &str) -> Traced {
+        let parent = Context::new().with_remote_span_context(call.context.clone());
+        let span = self
+            .tracer
+            .span_builder(format!("forward {service}.{method}"))
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("rpc.system", "jsonrpc"),
+                KeyValue::new("rpc.service", service.to_owned()),
+                KeyValue::new("rpc.method", method.to_owned()),
+                KeyValue::new("hero.run_id", run_id.to_owned()),
+            ])
+            .start_with_context(&self.tracer, &parent);
+        Traced::new(span)
+    }
+
+    /// Queues `run` (final) as one log record; never blocks. Params and results are left
+    /// out (they can be large and are the caller's data); their digest is in.
+    pub fn export_run(&self, run: &Run) {
+        let Some((_, logger)) = &self.runs else { return };
+        let mut record = logger.create_log_record();
+        let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+        record.set_timestamp(at(run.finished_at.unwrap_or(run.created_at)));
+        record.set_observed_timestamp(SystemTime::now());
+        record.set_event_name("hero.run");
+        let (severity, text) = severity(run.status);
+        record.set_severity_number(severity);
+        record.set_severity_text(text);
+        record.set_body(AnyValue::String(
+            format!("run {} {} {}", run.id, run.name, run.status.as_str()).into(),
+        ));
+        record.add_attributes(run_attributes(run));
+        if let Some(context) = run.trace.as_deref().and_then(span_context) {
+            record.set_trace_context(context.trace_id(), context.span_id(), Some(context.trace_flags()));
+        }
+        logger.emit(record);
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("hero_executor")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+fn caller_attributes(caller: &Caller, surface: &'static str, asked: &str) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("hero.capability", asked.to_owned()),
+        KeyValue::new("hero.principal", caller.principal.id.clone()),
+        KeyValue::new("hero.context", caller.context as i64),
+        KeyValue::new("hero.surface", surface),
+    ];
+    if let Some(user) = &caller.user {
+        attributes.push(KeyValue::new("hero.user", user.clone()));
+    }
+    attributes
+}
+
+fn severity(status: RunStatus) -> (Severity, &'static str) {
+    match status {
+        RunStatus::Succeeded | RunStatus::Running | RunStatus::AwaitingApproval => (Severity::Info, "INFO"),
+        RunStatus::Denied | RunStatus::Rejected | RunStatus::Expired | RunStatus::Cancelled => (Severity::Warn, "WARN"),
+        RunStatus::Failed | RunStatus::TimedOut | RunStatus::Interrupted => (Severity::Error, "ERROR"),
+    }
+}
+
+/// The fields of a run record, as `hero.*` log attributes.
+fn run_attributes(run: &Run) -> Vec<(&'static str, AnyValue)> {
+    let text = |s: &str| AnyValue::String(s.to_owned().into());
+    let list = |items: &[String]| AnyValue::ListAny(Box::new(items.iter().map(|s| text(s)).collect()));
+    let mut attributes = vec![
+        ("hero.run_id", text(&run.id)),
+        ("hero.capability", text(&run.name)),
+        ("hero.status", text(run.status.as_str())),
+        ("hero.surface", text(run.surface.as_str())),
+        ("hero.principal", text(&run.principal)),
+        ("hero.chain", list(&run.chain)),
+        ("hero.context", AnyValue::Int(run.context as i64)),
+        ("hero.claims", list(&run.claims)),
+        ("hero.decision", text(run.decision.as_str())),
+        ("hero.input_sha256", text(&run.input_sha256)),
+        ("hero.created_at_ms", AnyValue::Int(run.created_at)),
+    ];
+    let optional = [
+        ("hero.user", run.chain.get(1).cloned()),
+        ("hero.parent_id", run.parent_id.clone()),
+        ("hero.replay_of", run.replay_of.clone()),
+        ("hero.rule", run.rule.clone()),
+        ("hero.approver", run.approver.clone()),
+        ("hero.decision_note", run.decision_note.clone()),
+        ("hero.cancelled_by", run.cancelled_by.clone()),
+    ];
+    attributes.extend(optional.into_iter().filter_map(|(k, v)| Some((k, text(&v?)))));
+    if !run.approvers.is_empty() {
+        attributes.push(("hero.approvers", list(&run.approvers)));
+    }
+    for (key, value) in [
+        ("hero.started_at_ms", run.started_at),
+        ("hero.finished_at_ms", run.finished_at),
+        ("hero.duration_ms", run.duration_ms()),
+    ] {
+        if let Some(value) = value {
+            attributes.push((key, AnyValue::Int(value)));
+        }
+    }
+    if let Some(error) = &run.error {
+        if let Some(code) = error["code"].as_i64() {
+            attributes.push(("hero.error.code", AnyValue::Int(code)));
+        }
+        if let Some(message) = error["message"].as_str() {
+            attributes.push(("hero.error.message", text(message)));
+        }
+    }
+    attributes
+}
+
+/// A started span and its context (to parent children and to send as `traceparent`).
+pub struct Traced {
+    span: SdkSpan,
+    context: SpanContext,
+}
+
+impl Traced {
+    fn new(span: SdkSpan) -> Self {
+        let context = span.span_context().clone();
+        Self { span, context }
+    }
+
+    /// This span as a W3C `traceparent`.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            self.context.trace_id(),
+            self.context.span_id(),
+            self.context.trace_flags().to_u8()
+        )
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.span.set_attribute(KeyValue::new(key, value));
+    }
+
+    /// Ends a request's span with the status it was answered with.
+    pub fn end_request(mut self, status: u16, principal: Option<&str>, request_id: Option<&str>) {
+        self.set("http.response.status_code", i64::from(status));
+        if let Some(principal) = principal {
+            self.set("hero.principal", principal.to_owned());
+        }
+        if let Some(id) = request_id {
+            // The id the executor's log lines carry.
+            self.set("hero.request_id", id.to_owned());
+        }
+        if status >= 500 {
+            self.span.set_status(Status::error(format!("answered {status}")));
+        }
+        self.span.end();
+    }
+
+    /// Ends a call's span with how the call ended.
+    pub fn end_call(mut self, status: RunStatus, error: Option<&ExecError>) {
+        let outcome = crate::metrics::outcome(status);
+        self.set("hero.outcome", outcome);
+        self.end_with(matches!(status, RunStatus::Failed | RunStatus::TimedOut), error);
+    }
+
+    /// Ends a forwarded call's span: an error if the target did not answer with a result.
+    pub fn end_upstream(self, error: Option<&ExecError>) {
+        self.end_with(error.is_some(), error);
+    }
+
+    fn end_with(mut self, failed: bool, error: Option<&ExecError>) {
+        if let Some(error) = error {
+            self.set("hero.error.code", error.code());
+        }
+        if failed {
+            let message = error.map_or_else(|| "failed".to_owned(), ToString::to_string);
+            self.span.set_status(Status::error(message));
+        }
+        self.span.end();
+    }
+}
+
+/// The context to start a span in: the caller's remote span, or none (a new trace).
+fn parent(traceparent: Option<&str>) -> Context {
+    match traceparent.and_then(span_context) {
+        Some(remote) => Context::new().with_remote_span_context(remote),
+        None => Context::new(),
+    }
+}
+
+/// The span context a (validated) W3C `traceparent` names.
+fn span_context(traceparent: &str) -> Option<SpanContext> {
+    let mut parts = traceparent.split('-');
+    let (_, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let context = SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        true,
+        TraceState::default(),
+    );
+    context.is_valid().then_some(context)
+}
+
+/// Admission to a batch queue of `capacity`: the exporter says when a batch left it.
+struct Gate {
+    queued: AtomicUsize,
+    capacity: usize,
+    signal: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    fn new(capacity: usize, signal: &'static str, metrics: Arc<Metrics>) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            capacity,
+            signal,
+            metrics,
+        }
+    }
+
+    fn admit(&self) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) < self.capacity {
+            return true;
+        }
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.otlp_dropped(self.signal, "queue_full", 1);
+        false
+    }
+
+    /// `n` left the queue for an export (a batch the processor had taken in).
+    fn left(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    fn failed(&self, n: usize) {
+        self.metrics.otlp_dropped(self.signal, "export_failed", n as u64);
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").field("signal", &self.signal).finish()
+    }
+}
+
+/// An exporter that tells its gate what left the queue, and counts what failed to send.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    gate: Arc<Gate>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        let n = batch.len();
+        self.gate.left(n);
+        let gate = self.gate.clone();
+        let export = self.inner.export(batch);
+        async move {
+            let result = export.await;
+            if result.is_err() {
+                gate.failed(n);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl<E: LogExporter> LogExporter for Counted<E> {
+    fn export(&self, batch: LogBatch<'_>) -> impl Future<Output = OTelSdkResult> + Send {
+        let n = batch.iter().count();
+        self.gate.left(n);
+        let gate = self.gate.clone();
+        let export = self.inner.export(batch);
+        async move {
+            let result = export.await;
+            if result.is_err() {
+                gate.failed(n);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The span processor behind its gate.
+#[derive(Debug)]
+struct GatedSpans {
+    inner: BatchSpanProcessor,
+    gate: Arc<Gate>,
+}
+
+impl SpanProcessor for GatedSpans {
+    fn on_start(&self, span: &mut SdkSpan, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.gate.admit() {
+            self.inner.on_end(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The log processor behind its gate.
+#[derive(Debug)]
+struct GatedRecords {
+    inner: BatchLogProcessor,
+    gate: Arc<Gate>,
+}
+
+impl LogProcessor for GatedRecords {
+    fn emit(&self, data: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        if self.gate.admit() {
+            self.inner.emit(data, scope);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Marks a request whose span the telemetry layer started: the Caller continues this
+/// span's trace (not the header's span, which is the request span's parent).
+#[derive(Debug, Clone)]
+pub struct RequestTrace(pub String);
+
+/// Who a request was from, left on the response for the request's span.
+#[derive(Debug, Clone)]
+pub struct AnsweredFor(pub String);
+
+/// Answers `request` inside its own span (`metrics::count_requests` calls this when
+/// telemetry is on).
+pub async fn traced(
+    telemetry: &Telemetry,
+    surface: crate::metrics::Surface,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let surface = surface.as_str();
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| crate::dispatch::valid_traceparent(v));
+    let span = telemetry.request(surface, request.method(), request.uri().path(), traceparent);
+    request.extensions_mut().insert(RequestTrace(span.traceparent()));
+    let response = next.run(request).await;
+    let principal = response.extensions().get::<AnsweredFor>().map(|a| a.0.as_str());
+    let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+    span.end_request(response.status().as_u16(), principal, request_id);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked() {
+        let ok = OtlpConfig::new("http://127.0.0.1:4318/", false).unwrap();
+        assert_eq!(ok.signal_url("/v1/traces"), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(
+            OtlpConfig::new("https://collector.example/otlp", true)
+                .unwrap()
+                .signal_url("/v1/logs"),
+            "https://collector.example/otlp/v1/logs"
+        );
+        for bad in [
+            "",
+            "127.0.0.1:4318",
+            "ftp://host",
+            "http://",
+            "http://h/?a=b",
+            "unix:/tmp/x",
+        ] {
+            assert!(OtlpConfig::new(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn traceparents_round_trip() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = span_context(text).unwrap();
+        assert_eq!(context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(context.is_sampled());
+        assert!(span_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+    }
+
+    #[test]
+    fn the_gate_holds_its_capacity_and_counts_the_rest() {
+        let metrics = Arc::new(Metrics::new());
+        let gate = Gate::new(2, "spans", metrics.clone());
+        assert!(gate.admit() && gate.admit());
+        assert!(!gate.admit());
+        gate.left(2);
+        assert!(gate.admit());
+        gate.failed(3);
+        let text = metrics.render(crate::metrics::Readings::default());
+        assert!(
+            text.contains(r#"hero_executor_otlp_dropped_total{signal="spans",reason="queue_full"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"hero_executor_otlp_dropped_total{signal="spans",reason="export_failed"} 3"#),
+            "{text}"
+        );
+    }
+}
