@@ -10,6 +10,10 @@
 //! - `d`: signed calls under a policy of 1,000 rules;
 //! - `e`: MCP `tools/call` of the `execute` meta-tool through `/mcp` (Streamable HTTP),
 //!   unsigned owner calls;
+//! - `o`: `b` with `--otlp-endpoint` pointed at a collector in this process that takes
+//!   every export (three spans per call are encoded and sent);
+//! - `r`: `o` with `--otlp-runs` too (and a log record per run);
+//! - `k`: `r` with a collector that accepts connections and never answers;
 //! - `p`: the anchor, a plain reverse proxy on a Unix socket in front of the example
 //!   service, with as many workers as the executor has: nginx when it is on PATH, else
 //!   haproxy (`apt-get install nginx haproxy`); skipped when neither is.
@@ -24,11 +28,15 @@
 //! connections to the executor, one call made on each, and reports its RSS, and how many
 //! answer a second call.
 //!
-//! `cargo run --release --example bench -- [--clients 32] [--duration 10] [--configs a,p,b,c,d,e] [--single a,p,b,c] [--out FILE]`
+//! After the table, `o`, `r` and `k` are compared with `b` (the OTLP cost), with what the
+//! collector received and what the executor counted as dropped.
+//!
+//! `cargo run --release --example bench -- [--clients 32] [--duration 10] [--configs a,p,b,c,d,e,o,r,k] [--single a,p,b,c] [--out FILE]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -54,7 +62,7 @@ fn args() -> Result<Args, String> {
     let mut a = Args {
         clients: 32,
         duration: Duration::from_secs(10),
-        configs: vec!['a', 'p', 'b', 'c', 'd', 'e'],
+        configs: vec!['a', 'p', 'b', 'c', 'd', 'e', 'o', 'r', 'k'],
         single: vec!['a', 'p', 'b', 'c'],
         idle: 10_000,
         out: PathBuf::from("bench-results/bench.json"),
@@ -73,7 +81,7 @@ fn args() -> Result<Args, String> {
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
                 return Err(
-                    "bench [--clients C] [--duration SECONDS] [--configs a,p,b,c,d,e] [--single a,p,b,c] [--idle N] [--out FILE]"
+                    "bench [--clients C] [--duration SECONDS] [--configs a,p,b,c,d,e,o,r,k] [--single a,p,b,c] [--idle N] [--out FILE]"
                         .into(),
                 );
             }
@@ -180,6 +188,9 @@ struct Row {
     cpu_ratio_to_proxy: Option<f64>,
     /// p50 added over a direct call at the same concurrency.
     added_p50_us: Option<i64>,
+    /// `o`, `r`, `k`: spans and run records the executor dropped (its `/metrics`), and export
+    /// requests and bytes the collector received during the run.
+    otlp: Option<serde_json::Value>,
 }
 
 /// How a configuration's requests are made.
@@ -359,6 +370,66 @@ struct Setup {
     echo_sock: PathBuf,
     key: SigningKey,
     policy_path: PathBuf,
+    /// An OTLP/HTTP collector that takes every export (`o`), and what it received.
+    collector: (std::net::SocketAddr, Arc<Received>),
+    /// One that accepts connections and never answers (`k`).
+    stuck: std::net::SocketAddr,
+}
+
+/// Export requests and bytes an OTLP collector received.
+#[derive(Default)]
+struct Received {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Answers every POST with 200 and an empty body (an empty Export*ServiceResponse is the
+/// empty protobuf message), counting requests and bytes.
+async fn collector() -> std::io::Result<(std::net::SocketAddr, Arc<Received>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(Received::default());
+    let counts = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let counts = counts.clone();
+                    async move {
+                        let size = match request.into_body().collect().await {
+                            Ok(body) => body.to_bytes().len() as u64,
+                            Err(_) => 0,
+                        };
+                        counts.requests.fetch_add(1, Ordering::Relaxed);
+                        counts.bytes.fetch_add(size, Ordering::Relaxed);
+                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                        response
+                            .headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/x-protobuf"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, received))
+}
+
+/// Accepts connections and holds them, reading and answering nothing.
+async fn stuck_collector() -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    Ok(addr)
 }
 
 /// Where one configuration sends its requests, and the process in the middle (if any).
@@ -461,6 +532,9 @@ async fn target(config: char, s: &Setup) -> Result<Option<Target>, Box<dyn std::
         'c' => "executor, signed calls",
         'd' => "executor, signed, 1,000-rule policy",
         'e' => "executor, MCP tools/call (execute)",
+        'o' => "executor, unsigned, OTLP spans",
+        'r' => "executor, unsigned, OTLP spans + runs",
+        'k' => "executor, unsigned, OTLP to a stuck collector",
         other => return Err(format!("unknown configuration {other}").into()),
     };
     // A fresh data dir each time (a configuration may run at several concurrencies).
@@ -480,6 +554,17 @@ async fn target(config: char, s: &Setup) -> Result<Option<Target>, Box<dyn std::
         .stderr(Stdio::null());
     if config == 'd' {
         command.arg("--policy").arg(&s.policy_path);
+    }
+    let collector = match config {
+        'o' | 'r' => Some(s.collector.0),
+        'k' => Some(s.stuck),
+        _ => None,
+    };
+    if let Some(addr) = collector {
+        command.arg("--otlp-endpoint").arg(format!("http://{addr}"));
+    }
+    if matches!(config, 'r' | 'k') {
+        command.arg("--otlp-runs");
     }
     let hop = Proc(command.spawn()?);
     let rpc_sock = s.sockets.join("hero_executor/rpc.sock");
@@ -539,11 +624,24 @@ async fn measure(
     let hop_pid = target.hop.as_ref().map(|p| p.0.id());
     let cpu_before = (hop_pid.map(cpu_seconds), cpu_seconds(s.echo.0.id()));
     let switches_before = hop_pid.map(context_switches);
+    let exported_before = received(&s.collector.1);
     let started = Instant::now();
-    let (mut latencies, errors) = drive(sock, clients, duration, method, signer, mode).await;
+    let (mut latencies, errors) = drive(sock.clone(), clients, duration, method, signer, mode).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = (hop_pid.map(cpu_seconds), cpu_seconds(s.echo.0.id()));
     let switches_after = hop_pid.map(context_switches);
+    let otlp = match config {
+        'o' | 'r' | 'k' => {
+            let exported = received(&s.collector.1);
+            let dropped = otlp_dropped(&sock).await;
+            Some(json!({
+                "dropped": dropped,
+                "collector_requests": exported.0 - exported_before.0,
+                "collector_bytes": exported.1 - exported_before.1,
+            }))
+        }
+        _ => None,
+    };
     latencies.sort_unstable();
     let requests = latencies.len();
     let per_req = |before: f64, after: f64| (after - before) / requests.max(1) as f64 * 1e6;
@@ -568,12 +666,61 @@ async fn measure(
         ratio_to_proxy: None,
         cpu_ratio_to_proxy: None,
         added_p50_us: None,
+        otlp,
     };
     drop(target);
     for socket in ["hero_executor/rpc.sock", "hero_executor/rest.sock"] {
         let _ = std::fs::remove_file(s.sockets.join(socket));
     }
     Ok(Some(row))
+}
+
+fn received(r: &Received) -> (u64, u64) {
+    (r.requests.load(Ordering::Relaxed), r.bytes.load(Ordering::Relaxed))
+}
+
+/// `hero_executor_otlp_dropped_total` by signal and reason, from the executor's /metrics.
+async fn otlp_dropped(rpc_sock: &Path) -> serde_json::Value {
+    let client = hero_executor::client::Client::new(rpc_sock);
+    let Ok(reply) = client.send(Method::GET, "/metrics", HeaderMap::new(), Vec::new()).await else {
+        return json!("metrics unavailable");
+    };
+    let text = String::from_utf8_lossy(&reply.body);
+    let mut dropped = serde_json::Map::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("hero_executor_otlp_dropped_total{"))
+    {
+        if let Some((labels, value)) = line.split_once("} ") {
+            let key = labels
+                .trim_start_matches("hero_executor_otlp_dropped_total{")
+                .replace('"', "");
+            dropped.insert(key, json!(value.parse::<f64>().unwrap_or(0.0)));
+        }
+    }
+    json!(dropped)
+}
+
+/// The cost of OTLP export: `o` and `k` against `b` at the same concurrency.
+fn print_otlp(rows: &[Row]) {
+    for row in rows.iter().filter(|r| matches!(r.config, 'o' | 'r' | 'k')) {
+        let Some(base) = rows.iter().find(|r| r.config == 'b' && r.clients == row.clients) else {
+            continue;
+        };
+        let cpu = row
+            .hop_cpu_us_per_req
+            .zip(base.hop_cpu_us_per_req)
+            .map_or("-".to_owned(), |(own, b)| format!("{:.2}", own / b));
+        println!(
+            "OTLP {} at C={}: {:.2}x the calls/s of b, {cpu}x its CPU per call, p50 {} vs {} us; {}",
+            row.config,
+            row.clients,
+            row.rps / base.rps,
+            row.p50_us,
+            base.p50_us,
+            row.otlp.as_ref().map_or(String::new(), ToString::to_string)
+        );
+    }
 }
 
 /// Opens `n` keep-alive connections to the executor, one call on each, and holds them
@@ -726,6 +873,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         echo_sock,
         key: SigningKey::from_bytes(&[42; 32]),
         policy_path,
+        collector: collector().await?,
+        stuck: stuck_collector().await?,
     };
     let mut runs: Vec<(char, usize)> = args.configs.iter().map(|c| (*c, args.clients)).collect();
     if args.clients != 1 {
@@ -739,6 +888,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     ratios(&mut rows);
     print(&rows, args.duration);
+    print_otlp(&rows);
     let idle = match args.idle {
         0 => None,
         // The client ends are here, the server ends in the executor: each process needs n.
