@@ -212,7 +212,7 @@ impl Telemetry {
             .with_attributes([
                 KeyValue::new("hero.surface", surface),
                 KeyValue::new("http.request.method", method.as_str().to_owned()),
-                KeyValue::new("url.path", path.to_owned()),
+                KeyValue::new("url.path", clip(path).to_owned()),
             ])
             .start_with_context(&self.tracer, &parent(traceparent));
         Traced::new(span)
@@ -307,6 +307,22 @@ impl Telemetry {
     }
 }
 
+/// Longest free text (a path, an error message, a note) put in a span or record, in bytes:
+/// a caller or a target cannot make every export carry megabytes.
+const MAX_TEXT: usize = 1024;
+
+/// `text` cut to at most [`MAX_TEXT`] bytes, at a character boundary.
+fn clip(text: &str) -> &str {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("hero_executor")
         .with_version(env!("CARGO_PKG_VERSION"))
@@ -336,7 +352,7 @@ fn severity(status: RunStatus) -> (Severity, &'static str) {
 
 /// The fields of a run record, as `hero.*` log attributes.
 fn run_attributes(run: &Run) -> Vec<(&'static str, AnyValue)> {
-    let text = |s: &str| AnyValue::String(s.to_owned().into());
+    let text = |s: &str| AnyValue::String(clip(s).to_owned().into());
     let list = |items: &[String]| AnyValue::ListAny(Box::new(items.iter().map(|s| text(s)).collect()));
     let mut attributes = vec![
         ("hero.run_id", text(&run.id)),
@@ -443,7 +459,7 @@ impl Traced {
             self.set("hero.error.code", error.code());
         }
         if failed {
-            let message = error.map_or_else(|| "failed".to_owned(), ToString::to_string);
+            let message = error.map_or_else(|| "failed".to_owned(), |e| clip(&e.to_string()).to_owned());
             self.span.set_status(Status::error(message));
         }
         self.span.end();
@@ -688,6 +704,15 @@ mod tests {
         ] {
             assert!(OtlpConfig::new(bad, false).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn free_text_is_clipped_at_a_character_boundary() {
+        let long = "é".repeat(MAX_TEXT);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_TEXT && clipped.len() >= MAX_TEXT - 1);
+        assert!(clipped.chars().all(|c| c == 'é'));
+        assert_eq!(clip("short"), "short");
     }
 
     #[test]
