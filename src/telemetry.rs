@@ -523,6 +523,23 @@ impl Gate {
     fn failed(&self, n: usize) {
         self.metrics.otlp_dropped(self.signal, "export_failed", n as u64);
     }
+
+    /// `export` of a batch of `n` taken from the queue: counted as failed if it fails.
+    fn sent(
+        self: &Arc<Self>,
+        n: usize,
+        export: impl Future<Output = OTelSdkResult> + Send,
+    ) -> impl Future<Output = OTelSdkResult> + Send {
+        self.left(n);
+        let gate = self.clone();
+        async move {
+            let result = export.await;
+            if result.is_err() {
+                gate.failed(n);
+            }
+            result
+        }
+    }
 }
 
 impl std::fmt::Debug for Gate {
@@ -541,16 +558,7 @@ struct Counted<E> {
 impl<E: SpanExporter> SpanExporter for Counted<E> {
     fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
         let n = batch.len();
-        self.gate.left(n);
-        let gate = self.gate.clone();
-        let export = self.inner.export(batch);
-        async move {
-            let result = export.await;
-            if result.is_err() {
-                gate.failed(n);
-            }
-            result
-        }
+        self.gate.sent(n, self.inner.export(batch))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -569,16 +577,7 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 impl<E: LogExporter> LogExporter for Counted<E> {
     fn export(&self, batch: LogBatch<'_>) -> impl Future<Output = OTelSdkResult> + Send {
         let n = batch.iter().count();
-        self.gate.left(n);
-        let gate = self.gate.clone();
-        let export = self.inner.export(batch);
-        async move {
-            let result = export.await;
-            if result.is_err() {
-                gate.failed(n);
-            }
-            result
-        }
+        self.gate.sent(n, self.inner.export(batch))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {

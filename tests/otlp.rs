@@ -107,6 +107,21 @@ fn otlp(endpoint: &str, runs: bool) -> OtlpConfig {
     config
 }
 
+/// A receiver, and a node exporting spans and runs to it under [`POLICY`].
+async fn traced_node() -> (Receiver, Setup, Executor) {
+    let receiver = Receiver::start();
+    let node = Node::new();
+    let policy = node.tmp.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let endpoint = receiver.endpoint();
+    let (s, executor) = setup(node, |c| {
+        c.policy = Some(policy);
+        c.otlp = Some(otlp(&endpoint, true));
+    })
+    .await;
+    (receiver, s, executor)
+}
+
 fn traceparent(flags: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let value = format!("00-{TRACE}-{CALLER_SPAN}-{flags}");
@@ -129,16 +144,7 @@ fn held_run(result: Result<Value, ClientError>) -> String {
 /// call), the target is sent the forwarded call's span, and each span says what happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_continue_the_callers_trace_and_say_what_happened() {
-    let receiver = Receiver::start();
-    let node = Node::new();
-    let policy = node.tmp.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let endpoint = receiver.endpoint();
-    let (s, _executor) = setup(node, |c| {
-        c.policy = Some(policy);
-        c.otlp = Some(otlp(&endpoint, true));
-    })
-    .await;
+    let (receiver, s, _executor) = traced_node().await;
 
     // Allowed and forwarded: the target sees the upstream span as its parent.
     let seen = s.agent.rpc("echo.whoami", json!({}), traceparent("01")).await.unwrap();
@@ -280,16 +286,7 @@ async fn spans_continue_the_callers_trace_and_say_what_happened() {
 /// span says it was held, and the run's one record is its final state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_call_is_linked_to_the_held_one() {
-    let receiver = Receiver::start();
-    let node = Node::new();
-    let policy = node.tmp.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let endpoint = receiver.endpoint();
-    let (s, _executor) = setup(node, |c| {
-        c.policy = Some(policy);
-        c.otlp = Some(otlp(&endpoint, true));
-    })
-    .await;
+    let (receiver, s, _executor) = traced_node().await;
 
     let run_id = held_run(s.agent.rpc("echo.counter.reset", json!({}), traceparent("01")).await);
     let held = receiver
