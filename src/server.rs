@@ -226,14 +226,20 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
         }
     };
     let limits = ConnLimits::from(config.as_ref());
-    servers.spawn(serve(bound.rpc, rpc_router(state.clone()), limits, stopped()));
-    servers.spawn(serve(bound.rest, rest_router(state.clone()), limits, stopped()));
-    servers.spawn(serve(bound.ui, ui_router(state.clone()), limits, stopped()));
+    servers.spawn(serve(bound.rpc, rpc_router(state.clone()), limits, None, stopped()));
+    servers.spawn(serve(bound.rest, rest_router(state.clone()), limits, None, stopped()));
+    servers.spawn(serve(bound.ui, ui_router(state.clone()), limits, None, stopped()));
     if let Some(tcp) = bound.tcp {
-        servers.spawn(serve(tcp, tcp_router(state.clone()), limits, stopped()));
+        servers.spawn(serve(tcp, tcp_router(state.clone()), limits, None, stopped()));
     }
     if let Some(metrics) = bound.metrics {
-        servers.spawn(serve(metrics, metrics_router(state.clone()), limits, stopped()));
+        servers.spawn(serve(
+            metrics,
+            metrics_router(state.clone()),
+            limits,
+            Some(METRICS_CONNECTIONS),
+            stopped(),
+        ));
     }
     tracing::info!(
         rpc = %config.rpc_socket().display(),
@@ -323,12 +329,19 @@ impl Accept for TcpListener {
     }
 }
 
+/// Connections the unauthenticated metrics listener holds open at most: past this it stops
+/// accepting until one closes, so whoever reaches its port cannot use up the daemon's
+/// file descriptors.
+const METRICS_CONNECTIONS: usize = 16;
+
 /// Accepts connections until `stop`, serving each with `app` over HTTP/1.1 (keep-alive),
-/// then waits for the connections in flight to finish their current requests.
+/// then waits for the connections in flight to finish their current requests. With
+/// `max_connections`, at most that many at once (the next waits in the listen backlog).
 async fn serve<L: Accept>(
     listener: L,
     app: Router,
     limits: ConnLimits,
+    max_connections: Option<usize>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -342,7 +355,15 @@ async fn serve<L: Accept>(
         .max_header_size(limits.max_head_bytes)
         .max_headers(limits.max_headers);
     tokio::pin!(stop);
+    let slots = max_connections.map(|n| std::sync::Arc::new(tokio::sync::Semaphore::new(n)));
     loop {
+        let slot = match &slots {
+            None => None,
+            Some(slots) => tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.ok(),
+                _ = &mut stop => break,
+            },
+        };
         let (io, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -365,6 +386,7 @@ async fn serve<L: Accept>(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

@@ -272,3 +272,43 @@ async fn who_may_read_the_metrics_and_what_else_is_counted() {
         assert!(health["catalog"]["capabilities"].as_u64().unwrap() >= 7, "{health}");
     }
 }
+
+/// Invariant: whoever reaches the unauthenticated metrics listener cannot hold more than
+/// its few connections open: the next one waits (the daemon keeps serving its sockets)
+/// and is answered once one of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_holds_few_connections() {
+    let node = Node::new();
+    let (_echo, executor) = setup(&node).await;
+    let addr = executor.metrics.expect("the metrics listener");
+    // Idle connections that send nothing, up to the cap (16).
+    let mut idle: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let mut waiting = std::net::TcpStream::connect(addr).expect("the kernel queues the next one");
+    write!(
+        waiting,
+        "GET /metrics HTTP/1.1\r\nHost: scraper\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    waiting
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    let early = waiting.read(&mut first);
+    assert!(
+        early.is_err(),
+        "a connection past the cap was served: {early:?} {first:?}"
+    );
+    // The daemon's own sockets are not affected.
+    let health = get(&node.rpc_sock(), "/health").await;
+    assert_eq!(health.status, 200);
+    // One idle connection closes: the waiting one is served.
+    drop(idle.pop());
+    waiting
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut raw = String::new();
+    waiting.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+}
