@@ -83,6 +83,11 @@ impl OtlpConfig {
         if uri.query().is_some() {
             return Err(format!("--otlp-endpoint {endpoint:?} must not have a query"));
         }
+        if ["/v1/traces", "/v1/logs"].iter().any(|p| trimmed.ends_with(p)) {
+            return Err(format!(
+                "--otlp-endpoint {endpoint:?} is the collector's base URL: leave out /v1/traces or /v1/logs (they are appended)"
+            ));
+        }
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
         Ok(Self {
             endpoint: trimmed.to_owned(),
@@ -210,7 +215,7 @@ impl Telemetry {
             .span_builder(format!("{method} {surface}"))
             .with_kind(SpanKind::Server)
             .with_attributes([
-                KeyValue::new("hero.surface", surface),
+                KeyValue::new("hero.endpoint", surface),
                 KeyValue::new("http.request.method", method.as_str().to_owned()),
                 KeyValue::new("url.path", clip(path).to_owned()),
             ])
@@ -700,6 +705,7 @@ mod tests {
             "http://",
             "http://h/?a=b",
             "unix:/tmp/x",
+            "http://h:4318/v1/traces",
         ] {
             assert!(OtlpConfig::new(bad, false).is_err(), "{bad}");
         }

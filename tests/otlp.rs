@@ -182,6 +182,7 @@ async fn spans_continue_the_callers_trace_and_say_what_happened() {
     );
     assert_eq!(request["name"], "POST rpc");
     assert_eq!(attr(&request, "http.response.status_code"), 200);
+    assert_eq!(attr(&request, "hero.endpoint"), "rpc");
     assert_eq!(attr(&request, "hero.principal"), "agent");
     assert!(
         attr(&request, "hero.request_id")
@@ -432,29 +433,50 @@ fn a_bad_endpoint_is_refused_at_start() {
         assert!(error.contains("--otlp-endpoint"), "{error}");
     }
     let node = Node::new();
-    let output = Command::new(env!("CARGO_BIN_EXE_hero_executor"))
-        .arg("--socket-dir")
-        .arg(node.socket_dir())
-        .arg("--data-dir")
-        .arg(node.data_dir())
-        .args(["--otlp-endpoint", "collector:4318"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    // `--info` reads the whole configuration, then prints and exits.
+    let info = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_hero_executor"))
+            .arg("--socket-dir")
+            .arg(node.socket_dir())
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args(args)
+            .arg("--info")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let stderr = |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+    let refused = info(&["--otlp-endpoint", "collector:4318"], &[]);
+    assert!(!refused.status.success());
     assert!(
-        stderr.contains("--otlp-endpoint") && stderr.contains("http://"),
-        "{stderr}"
+        stderr(&refused).contains("--otlp-endpoint") && stderr(&refused).contains("http://"),
+        "{}",
+        stderr(&refused)
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_hero_executor"))
-        .arg("--socket-dir")
-        .arg(node.socket_dir())
-        .arg("--data-dir")
-        .arg(node.data_dir())
-        .arg("--otlp-runs")
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "--otlp-runs needs --otlp-endpoint");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--otlp-endpoint"), "{stderr}");
+    let refused = info(&["--otlp-endpoint", "http://127.0.0.1:4318/v1/traces"], &[]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("base URL"), "{}", stderr(&refused));
+    for (args, env) in [
+        (&["--otlp-runs"][..], &[][..]),
+        (&[][..], &[("HERO_EXECUTOR_OTLP_RUNS", "yes")][..]),
+    ] {
+        let refused = info(args, env);
+        assert!(!refused.status.success(), "--otlp-runs needs --otlp-endpoint");
+        assert!(stderr(&refused).contains("--otlp-endpoint"), "{}", stderr(&refused));
+    }
+    // Turned off explicitly, it needs nothing; turned on, it is read as on.
+    for value in ["false", "0", "off"] {
+        let fine = info(&[], &[("HERO_EXECUTOR_OTLP_RUNS", value)]);
+        assert!(
+            fine.status.success(),
+            "HERO_EXECUTOR_OTLP_RUNS={value}: {}",
+            stderr(&fine)
+        );
+    }
+    let on = info(
+        &["--otlp-endpoint", "http://127.0.0.1:4318"],
+        &[("HERO_EXECUTOR_OTLP_RUNS", "1")],
+    );
+    assert!(on.status.success(), "{}", stderr(&on));
 }

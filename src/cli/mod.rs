@@ -59,8 +59,9 @@ pub struct Cli {
     #[arg(long, env = "HERO_EXECUTOR_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 
-    /// Also send every finished run to the OTLP collector as a log record (/v1/logs)
-    #[arg(long, env = "HERO_EXECUTOR_OTLP_RUNS", requires = "otlp_endpoint")]
+    /// Also send every finished run to the OTLP collector as a log record (/v1/logs);
+    /// needs --otlp-endpoint
+    #[arg(long, env = "HERO_EXECUTOR_OTLP_RUNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub otlp_runs: bool,
 
     /// Log format
@@ -274,6 +275,9 @@ impl Cli {
         let mut config = Config::new(socket_dir, data_dir);
         config.listen = self.listen;
         config.metrics_listen = self.metrics_listen;
+        if self.otlp_runs && self.otlp_endpoint.is_none() {
+            return Err("--otlp-runs needs --otlp-endpoint (where to send the runs)".into());
+        }
         config.otlp = self
             .otlp_endpoint
             .as_deref()
