@@ -701,24 +701,54 @@ async fn otlp_dropped(rpc_sock: &Path) -> serde_json::Value {
     json!(dropped)
 }
 
-/// The cost of OTLP export: `o` and `k` against `b` at the same concurrency.
+/// The cost of OTLP export: each `o`, `r` and `k` row against the `b` row measured last
+/// before it at the same concurrency (run `--configs b,o,b,o,b,o` for several pairs: the
+/// machine drifts between runs more than within a pair), and the median of each
+/// configuration's pairs.
 fn print_otlp(rows: &[Row]) {
-    for row in rows.iter().filter(|r| matches!(r.config, 'o' | 'r' | 'k')) {
-        let Some(base) = rows.iter().find(|r| r.config == 'b' && r.clients == row.clients) else {
+    let mut ratios: std::collections::BTreeMap<(char, usize), Vec<(f64, f64)>> = Default::default();
+    for (i, row) in rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r.config, 'o' | 'r' | 'k'))
+    {
+        let Some(base) = rows[..i]
+            .iter()
+            .rev()
+            .find(|r| r.config == 'b' && r.clients == row.clients)
+        else {
             continue;
         };
         let cpu = row
             .hop_cpu_us_per_req
             .zip(base.hop_cpu_us_per_req)
-            .map_or("-".to_owned(), |(own, b)| format!("{:.2}", own / b));
+            .map(|(own, b)| own / b);
+        let rps = row.rps / base.rps;
+        ratios
+            .entry((row.config, row.clients))
+            .or_default()
+            .push((rps, cpu.unwrap_or(f64::NAN)));
         println!(
-            "OTLP {} at C={}: {:.2}x the calls/s of b, {cpu}x its CPU per call, p50 {} vs {} us; {}",
+            "OTLP {} at C={}: {rps:.2}x the calls/s of the b before it, {}x its CPU per call, p50 {} vs {} us; {}",
             row.config,
             row.clients,
-            row.rps / base.rps,
+            cpu.map_or("-".to_owned(), |c| format!("{c:.2}")),
             row.p50_us,
             base.p50_us,
             row.otlp.as_ref().map_or(String::new(), ToString::to_string)
+        );
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for ((config, clients), pairs) in ratios.into_iter().filter(|(_, p)| p.len() > 1) {
+        let n = pairs.len();
+        let (rps, cpu): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+        println!(
+            "OTLP {config} at C={clients}, median of {n} pairs: {:.2}x the calls/s of b, {:.2}x its CPU per call",
+            median(rps),
+            median(cpu)
         );
     }
 }
