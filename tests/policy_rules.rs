@@ -362,3 +362,24 @@ fn approvals_are_decided_again() {
     let denied = policy.decide_approved(subject, "hero_proc.kill", &READ, &claims("ops"));
     assert!(matches!(denied, Decision::Deny(_)), "{denied:?}");
 }
+
+/// Invariant: the one-line record of a decision names its rule once.
+#[test]
+fn the_record_names_the_rule_once() {
+    let policy = Policy::parse(
+        "[[grant]]\nclaim = \"agent\"\ncapabilities = [\"echo.*\"]\n\n[[guard]]\ncapabilities = [\"echo.reset\"]\neffect = \"deny\"\nreason = \"not here\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let c = claims("agent");
+    let subject = Subject {
+        principal: "a",
+        claims: &c,
+        ceiling: &c,
+        context: 0,
+    };
+    let allowed = policy.explain(subject, "echo.echo", &READ).record();
+    assert_eq!(allowed, "allowed by grant #1 (line 1)");
+    let denied = policy.explain(subject, "echo.reset", &READ).record();
+    assert_eq!(denied, "guard #1 (line 5): not here");
+}

@@ -139,9 +139,14 @@ pub struct Explanation {
 impl Explanation {
     /// The rule and reason as one line, for the run record.
     pub fn record(&self) -> String {
-        match &self.rule {
-            Some(rule) => format!("{} #{} (line {}): {}", rule.kind, rule.index, rule.line, self.reason),
-            None => self.reason.clone(),
+        let Some(rule) = &self.rule else {
+            return self.reason.clone();
+        };
+        let tag = format!("{} #{} (line {})", rule.kind, rule.index, rule.line);
+        // An allow's reason names its grant already.
+        match self.reason.contains(&tag) {
+            true => self.reason.clone(),
+            false => format!("{tag}: {}", self.reason),
         }
     }
 }
