@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run echo build test python-deps bench microbench lint fmt clean
+.PHONY: run echo build test python-deps bench instructions microbench lint fmt clean
 
 ## run: build and run the daemon in the foreground with embedded defaults (ARGS="..." for flags)
 run:
@@ -30,6 +30,11 @@ python-deps:
 bench:
 	$(CARGO) build --release --bins --examples
 	$(CARGO) run --release --example bench -- $(ARGS)
+
+## instructions: machine instructions per call (valgrind callgrind), with and without OTLP; ARGS="N1 N2"
+instructions:
+	$(CARGO) build --release --bins --examples
+	examples/instructions/run.sh $(ARGS)
 
 ## microbench: criterion micro-benchmarks of the core (signatures, policy, catalog, runs)
 microbench:
