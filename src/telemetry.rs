@@ -83,6 +83,12 @@ impl OtlpConfig {
         if uri.query().is_some() {
             return Err(format!("--otlp-endpoint {endpoint:?} must not have a query"));
         }
+        // It is logged and put on a command line: credentials belong in a header.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(
+                "--otlp-endpoint must not carry credentials (user:password@): set OTEL_EXPORTER_OTLP_HEADERS".into(),
+            );
+        }
         if ["/v1/traces", "/v1/logs"].iter().any(|p| trimmed.ends_with(p)) {
             return Err(format!(
                 "--otlp-endpoint {endpoint:?} is the collector's base URL: leave out /v1/traces or /v1/logs (they are appended)"
@@ -210,13 +216,25 @@ impl Telemetry {
         path: &str,
         traceparent: Option<&str>,
     ) -> Traced {
+        // An invented method is `_OTHER` (OpenTelemetry's HTTP conventions): neither a span
+        // name nor an attribute value a caller chooses.
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::POST => "POST",
+            http::Method::PUT => "PUT",
+            http::Method::DELETE => "DELETE",
+            http::Method::HEAD => "HEAD",
+            http::Method::OPTIONS => "OPTIONS",
+            http::Method::PATCH => "PATCH",
+            _ => "_OTHER",
+        };
         let span = self
             .tracer
             .span_builder(format!("{method} {surface}"))
             .with_kind(SpanKind::Server)
             .with_attributes([
                 KeyValue::new("hero.endpoint", surface),
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
+                KeyValue::new("http.request.method", method),
                 KeyValue::new("url.path", clip(path).to_owned()),
             ])
             .start_with_context(&self.tracer, &parent(traceparent));
@@ -316,6 +334,15 @@ impl Telemetry {
 /// a caller or a target cannot make every export carry megabytes.
 const MAX_TEXT: usize = 1024;
 
+/// An error's message as exported: clipped, and for invalid params (whose message quotes the
+/// caller's values) only what kind of error it was, since params stay out of exports.
+fn exportable(code: Option<i64>, message: &str) -> &str {
+    match code {
+        Some(crate::error::code::INVALID_PARAMS) => "invalid params (the values are not exported)",
+        _ => clip(message),
+    }
+}
+
 /// `text` cut to at most [`MAX_TEXT`] bytes, at a character boundary.
 fn clip(text: &str) -> &str {
     if text.len() <= MAX_TEXT {
@@ -399,7 +426,7 @@ fn run_attributes(run: &Run) -> Vec<(&'static str, AnyValue)> {
             attributes.push(("hero.error.code", AnyValue::Int(code)));
         }
         if let Some(message) = error["message"].as_str() {
-            attributes.push(("hero.error.message", text(message)));
+            attributes.push(("hero.error.message", text(exportable(error["code"].as_i64(), message))));
         }
     }
     attributes
@@ -438,8 +465,8 @@ impl Traced {
             self.set("hero.principal", principal.to_owned());
         }
         if let Some(id) = request_id {
-            // The id the executor's log lines carry.
-            self.set("hero.request_id", id.to_owned());
+            // The id the executor's log lines carry (a caller may send its own).
+            self.set("hero.request_id", clip(id).to_owned());
         }
         if status >= 500 {
             self.span.set_status(Status::error(format!("answered {status}")));
@@ -464,7 +491,10 @@ impl Traced {
             self.set("hero.error.code", error.code());
         }
         if failed {
-            let message = error.map_or_else(|| "failed".to_owned(), |e| clip(&e.to_string()).to_owned());
+            let message = error.map_or_else(
+                || "failed".to_owned(),
+                |e| exportable(Some(e.code()), &e.to_string()).to_owned(),
+            );
             self.span.set_status(Status::error(message));
         }
         self.span.end();
@@ -706,6 +736,7 @@ mod tests {
             "http://h/?a=b",
             "unix:/tmp/x",
             "http://h:4318/v1/traces",
+            "https://user:secret@collector.example",
         ] {
             assert!(OtlpConfig::new(bad, false).is_err(), "{bad}");
         }

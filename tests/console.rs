@@ -635,3 +635,92 @@ async fn events_stream_only_what_the_caller_may_see() {
         "{events:?}"
     );
 }
+
+/// Invariant: a principal holds at most 16 event streams, however many users it names
+/// (the owner may name any user: each name is not a fresh allowance of streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_counted_per_principal_whatever_user_it_names() {
+    let (s, _executor) = setup().await;
+    let sock = s.node.rest_sock();
+    let open = |user: String| {
+        let sock = sock.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let request = http::Request::get("/api/v1/events")
+                .header("host", "localhost")
+                .header("x-hero-user", user)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            (response.status(), sender, response)
+        }
+    };
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let (status, sender, response) = open(format!("user{i}")).await;
+        assert_eq!(status, 200, "stream {i}");
+        held.push((sender, response));
+    }
+    let (status, _, _) = open("user16".into()).await;
+    assert_eq!(status, 429, "a 17th stream under another user name");
+    // One closes: the next is served.
+    drop(held.pop());
+    eventually("a stream slot to free", || {
+        let open = &open;
+        async move { open("again".into()).await.0 == 200 }
+    })
+    .await;
+}
+
+/// Invariant: only the socket's trusted peer relays humans. A signed key on `ui.sock` that
+/// holds the impersonation claim is an ordinary caller there: it may not ask as alice and
+/// approve the same run as bob (a self-approval under two names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_key_on_the_console_socket_is_not_a_relay() {
+    let (s, _executor) = setup().await;
+    enrol(
+        &s.node,
+        "twofaced",
+        &key(4),
+        &["agent", "ops", "executor.impersonate"],
+        None,
+    )
+    .await;
+    let signer = || hero_executor::client::Signer::new("twofaced", key(4));
+    let on_rpc = Client::new(s.node.rpc_sock()).with_signer(signer());
+    let as_alice = hero_executor::client::hero_headers(None, None, Some("alice")).unwrap();
+    let run_id = match on_rpc.rpc("echo.counter.reset", json!({}), as_alice).await {
+        Err(ClientError::Rpc { code: -32010, data, .. }) => data.unwrap()["run_id"].as_str().unwrap().to_owned(),
+        other => panic!("expected a held call, got {other:?}"),
+    };
+    let on_ui = Client::new(s.ui()).with_signer(signer());
+    let as_bob = || hero_executor::client::hero_headers(None, None, Some("bob")).unwrap();
+    let page = on_ui
+        .send(http::Method::GET, "/runs", as_bob(), Vec::new())
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.body).into_owned();
+    let at = page.find("name=\"csrf-token\" content=\"").expect("a csrf meta tag") + 27;
+    let token = page[at..at + 64].to_owned();
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("decision", "approve"), ("csrf", token.as_str())])
+        .finish();
+    let mut headers = as_bob();
+    headers.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    headers.insert("origin", "http://localhost".parse().unwrap());
+    let decided = on_ui
+        .send(
+            http::Method::POST,
+            &format!("/runs/{run_id}/decide"),
+            headers,
+            form.into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_ne!(decided.status, 303, "the key approved its own run under another name");
+    assert_eq!(s.run(&run_id).await["status"], "awaiting_approval");
+}

@@ -191,11 +191,9 @@ impl Dispatcher {
         run.started_at = Some(run.created_at);
         run.finished_at = Some(now_ms());
         let id = run.id.clone();
-        let status = run.status;
+        let (name, status) = (run.name.clone(), run.status);
         self.runs().insert(run).await.map_err(|e| Failure::with_run(e, id))?;
-        if let Some(span) = span {
-            span.end_call(status, outcome.as_ref().err().map(|f| &f.error));
-        }
+        self.ended(&name, status, outcome.as_ref().err().map(|f| &f.error), span);
         outcome
     }
 }

@@ -79,11 +79,12 @@ impl Forwarder {
                 "a permit for {allowed} presented for {asked}"
             )))
         };
+        // The target's time, not the record's.
+        let seconds = started.elapsed().as_secs_f64();
         let status = self
             .record_end(&run_id, outcome.as_deref())
             .map_err(|e| Failure::with_run(e, &run_id))?;
         // The capability came from the catalog: its name is a label value it allows.
-        let seconds = started.elapsed().as_secs_f64();
         self.metrics
             .forwarded(&capability.name, seconds, outcome.as_ref().err());
         self.metrics.call(capability.name.clone(), status);

@@ -27,7 +27,13 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let relay = request.extensions().get::<HumanRelay>().is_some();
+    // The relay is the trusted local peer of `ui.sock` (the node's router): a signed key
+    // there is an ordinary caller, not a relay whose humans it may name at will.
+    let relay = request.extensions().get::<HumanRelay>().is_some()
+        && request
+            .extensions()
+            .get::<crate::identity::verify::VerifiedSignature>()
+            .is_none();
     match caller(principal, request.headers(), request_id, relay) {
         Ok(mut caller) => {
             let span = tracing::Span::current();
@@ -54,7 +60,7 @@ pub async fn hero_context(mut request: Request, next: Next) -> Response {
 }
 
 /// Marks a request to a socket whose peer names the human it relays (`ui.sock`: a node's
-/// router in front of the console). There `X-Hero-User` needs the impersonation claim in
+/// router in front of the console; only the unsigned trusted peer is such a relay). There `X-Hero-User` needs the impersonation claim in
 /// the peer's ceiling, not in the claims it narrowed the request to: a router hands the
 /// console a human with only that human's claims.
 #[derive(Debug, Clone, Copy)]

@@ -84,6 +84,14 @@ pub struct RunStore {
     journal: Arc<Journal>,
     /// Journaled writes not yet folded into SQLite.
     pending: Arc<AtomicU64>,
+    health: Health,
+}
+
+/// The last answer of [`RunStore::healthy`] and when it was read (Unix ms).
+#[derive(Debug)]
+struct Health {
+    ok: std::sync::atomic::AtomicBool,
+    checked_at: std::sync::atomic::AtomicI64,
 }
 
 fn internal(e: impl std::fmt::Display) -> ExecError {
@@ -149,6 +157,10 @@ impl RunStore {
             events,
             journal,
             pending,
+            health: Health {
+                ok: std::sync::atomic::AtomicBool::new(true),
+                checked_at: std::sync::atomic::AtomicI64::new(0),
+            },
         })
     }
 
@@ -285,12 +297,27 @@ impl RunStore {
             .map_err(internal)
     }
 
-    /// Whether the database answers a read.
+    /// Whether the database answers a read. `/health` is open and never shed, so the read
+    /// is made at most once a second and its answer shared: a flood of health checks
+    /// does not queue on the connection the calls read through.
     pub async fn healthy(&self) -> bool {
-        self.reader
-            .call(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
-            .await
-            .is_ok()
+        let now = now_ms();
+        let checked = self.health.checked_at.load(Ordering::Relaxed);
+        let claimed = now - checked >= 1000
+            && self
+                .health
+                .checked_at
+                .compare_exchange(checked, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        if claimed {
+            let ok = self
+                .reader
+                .call(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+                .await
+                .is_ok();
+            self.health.ok.store(ok, Ordering::Relaxed);
+        }
+        self.health.ok.load(Ordering::Relaxed)
     }
 
     /// Journaled writes not yet folded into SQLite.

@@ -196,11 +196,12 @@ pub(super) fn writer_loop(
         coalesce(&mut batch);
         match commit(conn, &batch, wal) {
             Ok(results) => {
-                let finals = folding.export.as_ref().map(|_| finals(&batch, &results));
-                settle(batch, results, &events, folding);
-                if let (Some(export), Some(finals)) = (&folding.export, finals) {
-                    export_finals(conn, export, finals);
+                // Exported before anyone waiting is answered: a flush (shutdown) that returns
+                // has every final run it waited for with the exporter.
+                if let Some(export) = &folding.export {
+                    export_finals(conn, export, finals(&batch, &results));
                 }
+                settle(batch, results, &events, folding);
             }
             Err(e) => {
                 // Decisions get the error; journaled writes stay queued (and stay in the

@@ -29,7 +29,7 @@ use crate::runs::{Run, RunStatus};
 
 /// Event streams open at once, in all.
 pub const MAX_STREAMS: usize = 256;
-/// Event streams open at once per principal (and human).
+/// Event streams open at once per principal (per human behind the console's relay).
 pub const MAX_STREAMS_PER_PRINCIPAL: usize = 16;
 /// How long one stream lasts before the server ends it.
 pub const MAX_STREAM_LIFE: Duration = Duration::from_secs(3600);
@@ -42,7 +42,13 @@ pub async fn stream(State(state): State<AppState>, caller: Option<Extension<Call
     let Some(Extension(caller)) = caller else {
         return problem(&ExecError::Unauthenticated("this endpoint needs an identity".into()));
     };
-    let slot = match state.event_streams.open(&access::actor(&caller)) {
+    // Counted per principal, whatever users it names; per human only behind the console's
+    // relay (where every human shares the relay's identity).
+    let key = match caller.relayed {
+        true => access::actor(&caller),
+        false => caller.principal.id.clone(),
+    };
+    let slot = match state.event_streams.open(&key) {
         Ok(slot) => slot,
         Err(error) => return problem(&error),
     };
