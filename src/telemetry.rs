@@ -1,5 +1,5 @@
 //! OpenTelemetry over OTLP/HTTP (DESIGN section 14). Off unless `--otlp-endpoint` is set;
-//! when off nothing here exists and a request or call pays one `Option` check.
+//! when off nothing here exists and a request or call pays a few `Option` checks.
 //!
 //! Spans: one per request (server), one per capability call (its run id, capability,
 //! principal, decision and outcome), one per forwarded call (client, the call's child). A

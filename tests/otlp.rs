@@ -30,7 +30,7 @@ approvers = ["ops"]
 reason = "resets need ops"
 
 [[guard]]
-capabilities = ["echo.fail"]
+capabilities = ["echo.counter.add"]
 effect = "deny"
 reason = "not here"
 "#;
@@ -216,20 +216,78 @@ async fn spans_continue_the_callers_trace_and_say_what_happened() {
     assert!(attr(&record, "hero.duration_ms").as_i64().is_some(), "{record}");
     assert_eq!(record["trace_id"], TRACE);
     assert_eq!(record["span_id"], call["span_id"]);
+
+    // Params and results stay out of every span and record: a value sent (and echoed
+    // back), and one quoted by a schema error, are nowhere in what was exported.
+    let echoed = s
+        .agent
+        .rpc("echo.echo", json!({"message": "marker-sent-7f3a"}), HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(echoed["message"], "marker-sent-7f3a");
+    let refused = s
+        .agent
+        .rpc(
+            "echo.echo",
+            json!({"message": ["marker-refused-9c1d"]}),
+            HeaderMap::new(),
+        )
+        .await;
     assert!(
-        record["attributes"].get("hero.params").is_none() && !record.to_string().contains("\"result\""),
-        "params and results stay out of the record: {record}"
+        matches!(refused, Err(ClientError::Rpc { code: -32602, .. })),
+        "{refused:?}"
     );
+    let refused = receiver
+        .wait("log", "for the refused call", |r| {
+            attr(r, "hero.capability") == "echo.echo" && attr(r, "hero.status") == "failed"
+        })
+        .await;
+    assert_eq!(attr(&refused, "hero.error.code"), -32602);
+    receiver
+        .wait("span", "for the refused call", |s| attr(s, "hero.outcome") == "failed")
+        .await;
+    for kind in ["span", "log"] {
+        for item in receiver.of(kind) {
+            let text = item.to_string();
+            assert!(
+                !text.contains("marker-sent-7f3a") && !text.contains("marker-refused-9c1d"),
+                "a param or result was exported: {text}"
+            );
+        }
+    }
 
     // A target error: the call and forwarded spans are errors with the target's code.
     let failed = s.agent.rpc("echo.fail", json!({"code": 7}), HeaderMap::new()).await;
+    assert!(matches!(failed, Err(ClientError::Rpc { code: 7, .. })), "{failed:?}");
+    let call = receiver
+        .wait("span", "for the failed call", |s| {
+            attr(s, "hero.capability") == "echo.fail" && s["kind"] == "SPAN_KIND_INTERNAL"
+        })
+        .await;
+    assert_eq!(attr(&call, "hero.outcome"), "failed");
+    assert_eq!(attr(&call, "hero.error.code"), 7);
+    assert_eq!(call["status"], "STATUS_CODE_ERROR");
+    let forwarded = receiver
+        .wait("span", "for the failed forwarding", |s| {
+            s["parent_span_id"] == call["span_id"]
+        })
+        .await;
+    assert_eq!(forwarded["kind"], "SPAN_KIND_CLIENT");
+    assert_eq!(forwarded["status"], "STATUS_CODE_ERROR");
+    assert_eq!(attr(&forwarded, "hero.error.code"), 7);
+
+    // A denied call.
+    let denied = s
+        .agent
+        .rpc("echo.counter.add", json!({"amount": 1}), HeaderMap::new())
+        .await;
     assert!(
-        matches!(failed, Err(ClientError::Rpc { code: -32002, .. })),
-        "{failed:?}"
+        matches!(denied, Err(ClientError::Rpc { code: -32002, .. })),
+        "{denied:?}"
     );
     let denied = receiver
         .wait("span", "for the denied call", |s| {
-            attr(s, "hero.capability") == "echo.fail"
+            attr(s, "hero.capability") == "echo.counter.add"
         })
         .await;
     assert_eq!(attr(&denied, "hero.decision"), "deny");
