@@ -6,12 +6,10 @@ use time::format_description::well_known::Rfc3339;
 
 /// Unix milliseconds as RFC 3339 in UTC, to the millisecond (`2026-11-21T09:30:00.123Z`).
 pub fn rfc3339(ms: i64) -> String {
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-        .replace_nanosecond(0)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-        + time::Duration::milliseconds(ms.rem_euclid(1000));
-    at.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// How long ago (or how far ahead) `ms` is from `now_ms`: `12 s ago`, `in 3 min`.

@@ -449,7 +449,9 @@ fn since_ms(text: &str) -> Result<i64, Failed> {
         code: exit::INVALID,
         message: format!("--since {text:?}: use Unix milliseconds or a time ago such as 30s, 10m, 2h, 7d"),
     };
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    // The unit is the last character (which may be any character a user typed).
+    let at = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (number, unit) = text.split_at(at);
     let seconds: i64 = match unit {
         "s" => 1,
         "m" => 60,
@@ -493,4 +495,20 @@ async fn catalog(client: &Client, action: &CatalogAction) -> Result<(), Failed> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_milliseconds_or_a_time_ago_and_refuses_the_rest() {
+        assert_eq!(since_ms("1700000000000").unwrap(), 1_700_000_000_000);
+        let ago = crate::runs::now_ms() - since_ms("2h").unwrap();
+        assert!((7_199_000..=7_201_000).contains(&ago), "{ago}");
+        // A unit of several bytes is refused, not a panic.
+        for bad in ["5µ", "µ", "", "5x", "h"] {
+            assert_eq!(since_ms(bad).map_err(|f| f.code), Err(exit::INVALID), "{bad:?}");
+        }
+    }
 }

@@ -23,9 +23,6 @@ use crate::limits::BufferedBody;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The header a script sends the token in (forms send the field `csrf`).
-const TOKEN_HEADER: &str = "x-csrf-token";
-
 /// The key the anti-CSRF tokens are made with.
 pub struct CsrfKey([u8; 32]);
 
@@ -104,17 +101,11 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
     let Some(caller) = request.extensions().get::<Caller>() else {
         return refused(&state, "this request has no identity");
     };
-    let token = request
-        .headers()
-        .get(TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            let body = request.extensions().get::<BufferedBody>()?;
-            form_urlencoded::parse(&body.0)
-                .find(|(name, _)| name == "csrf")
-                .map(|(_, value)| value.into_owned())
-        });
+    let token = request.extensions().get::<BufferedBody>().and_then(|body| {
+        form_urlencoded::parse(&body.0)
+            .find(|(name, _)| name == "csrf")
+            .map(|(_, value)| value.into_owned())
+    });
     match token {
         Some(token) if state.csrf.verify(caller, &token) => next.run(request).await,
         Some(_) => refused(

@@ -9,7 +9,6 @@ use minijinja::{Value, context};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::view::html;
 use crate::AppState;
 use crate::access;
 use crate::command::{CatalogList, Command, Describe, Explain, RunsList};
@@ -49,7 +48,7 @@ pub(super) async fn page(state: &AppState, caller: &Caller, name: &str, nav: &st
         inbox,
         statuses => RunStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
     };
-    html(state.views.render(name, context! { ..base, ..own }))
+    state.views.render(name, context! { ..base, ..own })
 }
 
 /// A page answering with an error status (a refused form, a missing run).

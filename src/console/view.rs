@@ -39,7 +39,8 @@ impl Default for Views {
 }
 
 impl Views {
-    /// Compiles the embedded templates (a broken one is a bug: a unit test renders each).
+    /// Compiles the embedded templates (a broken one is a bug: it is logged, and its pages
+    /// answer 500).
     pub fn new() -> Self {
         let mut env = Environment::new();
         for (name, source) in TEMPLATES {
@@ -64,15 +65,16 @@ impl Views {
         Self { env }
     }
 
-    /// Renders `name`; a template error is logged and shown as a short page, never a panic.
-    pub fn render(&self, name: &str, context: Value) -> String {
+    /// Renders `name` as an HTML answer; a template error is logged and answered 500 with a
+    /// short page, never a panic.
+    pub fn render(&self, name: &str, context: Value) -> Response {
         match self.env.get_template(name).and_then(|t| t.render(context)) {
-            Ok(html) => html,
+            Ok(page) => html(page),
             Err(e) => {
                 tracing::error!(template = name, error = %e, "console template failed");
-                "<!doctype html><title>Console error</title><p>This page could not be rendered; \
-                 the executor's log says why."
-                    .to_owned()
+                let page = "<!doctype html><title>Console error</title><p>This page could not be rendered; \
+                            the executor's log says why.";
+                (http::StatusCode::INTERNAL_SERVER_ERROR, html(page.to_owned())).into_response()
             }
         }
     }
@@ -93,8 +95,11 @@ pub fn segment(text: &str) -> String {
 impl Views {
     /// A short page saying why something was refused, with a way back.
     pub fn refusal(&self, status: http::StatusCode, title: &str, reason: &str, back: &str) -> Response {
-        let page = self.render("refused.html", minijinja::context! { title, reason, back });
-        (status, html(page)).into_response()
+        let mut page = self.render("refused.html", minijinja::context! { title, reason, back });
+        if page.status().is_success() {
+            *page.status_mut() = status;
+        }
+        page
     }
 }
 

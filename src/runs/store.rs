@@ -477,7 +477,8 @@ fn where_clause(filter: &ListFilter, paged: bool) -> (String, Vec<rusqlite::type
     if let Some(status) = filter.status.filter(|_| paged) {
         add("status =", status.as_str().to_owned().into());
     }
-    for hidden in &filter.hide {
+    // Each status once, however often it was asked for.
+    for hidden in RunStatus::ALL.iter().filter(|s| filter.hide.contains(s)) {
         add("status !=", hidden.as_str().to_owned().into());
     }
     if let Some(capability) = &filter.capability {

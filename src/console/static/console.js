@@ -99,11 +99,16 @@
     var data = {};
     try { data = JSON.parse(e.data); } catch (err) { return; }
     if (page === "runs" || page === "approvals") { if (relevant(data)) soon(); }
-    else refreshCount();
+    else countSoon();
   });
   events.addEventListener("lagged", soon);
 
-  // On pages without a live list, keep the inbox count right.
+  // On pages without a live list, keep the inbox count right: at most once a second,
+  // however many runs change (each read renders the inbox).
+  var counting = null;
+  function countSoon() {
+    if (!counting) counting = setTimeout(function () { counting = null; refreshCount(); }, 1000);
+  }
   function refreshCount() {
     if (page === "runs" || page === "approvals") return;
     fetch("/approvals", { credentials: "same-origin" })
