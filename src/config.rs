@@ -71,6 +71,8 @@ pub struct Config {
     pub max_per_target: usize,
     /// Policy file (`None`: the embedded default).
     pub policy: Option<PathBuf>,
+    /// Sources file: OpenAPI services and MCP servers as targets (`None`: none).
+    pub sources: Option<PathBuf>,
     /// Call timeout, approval expiry, run storage limits.
     pub core: crate::dispatch::CoreConfig,
 }
@@ -96,6 +98,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             signatures: Default::default(),
             policy: None,
+            sources: None,
             rate_limit: (1000.0, 2000.0),
             max_concurrent: 1024,
             max_concurrent_per_peer: 256,

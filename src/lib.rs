@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod policy;
 pub mod runs;
 pub mod server;
+pub mod sources;
 pub mod telemetry;
 pub mod upstream;
 
@@ -186,6 +187,15 @@ impl AppState {
             )
             .with_spec_limits(config.spec_limits),
         );
+        let sources = sources::Sources::open(
+            config.sources.clone(),
+            catalog.clone(),
+            &config.data_dir,
+            config.socket_dir.clone(),
+            config.spec_limits,
+            config.max_response_bytes,
+        )
+        .map_err(|errors| errors.join("\n"))?;
         let own_uid = rustix::process::geteuid().as_raw();
         let mcp = config.mcp;
         let core = dispatch::CoreConfig {
@@ -204,7 +214,8 @@ impl AppState {
                 core,
             )
             .with_metrics(metrics.clone())
-            .with_telemetry(telemetry.clone()),
+            .with_telemetry(telemetry.clone())
+            .with_sources(sources),
         );
         Ok(Self(Arc::new(Shared {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),

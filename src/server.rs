@@ -213,6 +213,9 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
         }
     });
     let _ = tokio::time::timeout(FIRST_REFRESH_WAIT, first).await;
+    if let Some(sources) = state.dispatcher.sources() {
+        sources.start().await;
+    }
     let watcher = catalog::watch::spawn(catalog, config.socket_dir.clone(), config.catalog_refresh);
     let housekeeping = state.dispatcher.spawn_housekeeping();
     let reloader = spawn_policy_reloader(state.clone());
@@ -269,6 +272,9 @@ pub async fn run(state: AppState, bound: Bound, shutdown: impl Future<Output = (
     watcher.abort();
     housekeeping.abort();
     reloader.abort();
+    if let Some(sources) = state.dispatcher.sources() {
+        sources.stop().await;
+    }
     for socket in &bound.sockets {
         let _ = fs::remove_file(socket);
     }
@@ -393,17 +399,25 @@ async fn serve<L: Accept>(
     graceful.shutdown().await;
 }
 
-/// Reloads the policy on SIGHUP; an invalid file keeps the running policy (errors are logged).
+/// Reloads the policy and the sources on SIGHUP; an invalid file keeps what runs (errors
+/// are logged).
 fn spawn_policy_reloader(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; use policy.reload");
+            tracing::warn!("cannot listen for SIGHUP; use policy.reload and sources.reload");
             return;
         };
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading the policy");
+            tracing::info!("SIGHUP received: reloading the policy and the sources");
             let _ = state.dispatcher.reload_policy();
+            if let Some(sources) = state.dispatcher.sources()
+                && let Err(errors) = sources.reload().await
+            {
+                for error in errors {
+                    tracing::error!(%error, "sources reload refused; the running sources stay");
+                }
+            }
         }
     })
 }

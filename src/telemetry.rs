@@ -126,9 +126,7 @@ impl Telemetry {
     /// Builds the exporters and starts their batch threads. Nothing is sent until there is
     /// something to send; a collector that is down only makes exports fail (counted).
     pub fn start(config: &OtlpConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        // reqwest is built without a default TLS provider (DESIGN section 11): install ring.
-        // Fails only if one is installed already, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let resource = Resource::builder()
             .with_service_name("hero_executor")
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -712,6 +710,12 @@ pub async fn traced(
     let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok());
     span.end_request(response.status().as_u16(), principal, request_id);
     response
+}
+
+/// reqwest is built without a default TLS provider (DESIGN section 11): installs ring.
+/// Fails only if one is installed already, which is as good.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ pub struct Catalog {
     /// One parse per service at a time, and the spec each parsed last.
     parsing: Parsing,
     changes: tokio::sync::watch::Sender<u64>,
+    /// Names the sources file declares: published by [`Catalog::publish_source`], never
+    /// probed as hero sockets (a socket of that name is ignored with a warning).
+    sources: RwLock<BTreeSet<String>>,
 }
 
 impl Catalog {
@@ -96,6 +99,7 @@ impl Catalog {
             backoff: Backoff::default(),
             parsing: Parsing::default(),
             changes: tokio::sync::watch::channel(0).0,
+            sources: RwLock::new(BTreeSet::new()),
         }
     }
 
@@ -119,11 +123,39 @@ impl Catalog {
     /// that service first, so a call right after a service starts does not race the watcher.
     pub async fn lookup(&self, service: &str, method: &str) -> Lookup {
         let found = lookup_in(&self.snapshot(), service, method);
-        if matches!(found, Lookup::Found(_) | Lookup::UnknownMethod) || !self.socket_path(service).exists() {
+        if matches!(found, Lookup::Found(_) | Lookup::UnknownMethod)
+            || self.is_source(service)
+            || !self.socket_path(service).exists()
+        {
             return found;
         }
         self.refresh_only(&[service.to_owned()]).await;
         lookup_in(&self.snapshot(), service, method)
+    }
+
+    /// Whether `name` is declared by the sources file.
+    pub fn is_source(&self, name: &str) -> bool {
+        self.sources.read().unwrap_or_else(|p| p.into_inner()).contains(name)
+    }
+
+    /// The names the sources file declares now.
+    pub fn set_source_names(&self, names: &[String]) {
+        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = names.iter().cloned().collect();
+    }
+
+    /// Publishes a source's capabilities (`Ok`), why it serves none now (`Err`), or its
+    /// removal (`None`).
+    pub async fn publish_source(&self, name: &str, spec: Option<Result<Arc<ServiceSpec>, String>>) {
+        self.update(|services, unavailable, _| {
+            services.remove(name);
+            unavailable.remove(name);
+            match spec {
+                Some(Ok(spec)) => drop(services.insert(name.to_owned(), spec)),
+                Some(Err(why)) => drop(unavailable.insert(name.to_owned(), why)),
+                None => {}
+            }
+        })
+        .await;
     }
 
     fn socket_path(&self, service: &str) -> PathBuf {
@@ -150,14 +182,24 @@ impl Catalog {
         // newer one that was published first.
         let started = self.looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let old = self.snapshot();
-        let candidates: Vec<String> = match only {
+        let mut candidates: Vec<String> = match only {
             Some(names) => names.iter().filter(|n| is_target_name(n)).cloned().collect(),
             None => self.scan_socket_dir().await,
         };
+        candidates.retain(|name| {
+            let source = self.is_source(name);
+            if source && only.is_none() {
+                tracing::warn!(service = %name, "a hero socket has the name of a declared source; ignored");
+            }
+            !source
+        });
         if only.is_none() {
             // Gone since the last look (a service published meanwhile by a miss stays).
             self.update(|services, unavailable, published| {
                 for name in old.services.keys().chain(old.unavailable.keys()) {
+                    if self.is_source(name) {
+                        continue; // published by the sources, not by looking at sockets
+                    }
                     if !candidates.contains(name) && published.get(name).is_none_or(|at| *at < started) {
                         services.remove(name);
                         unavailable.remove(name);

@@ -66,6 +66,19 @@ pub fn parse_service(
         ));
     }
     let document: Value = serde_json::from_str(raw).map_err(|e| format!("rpc.discover result is not JSON: {e}"))?;
+    // OpenRPC 1.3 schemas are JSON Schema draft-07.
+    parse_document(service, document, fingerprint, limits, jsonschema::Draft::Draft7)
+}
+
+/// Parses an OpenRPC document already read (a service's, or one built from a source),
+/// its schemas in `draft`.
+pub fn parse_document(
+    service: &str,
+    document: Value,
+    fingerprint: String,
+    limits: &SpecLimits,
+    draft: jsonschema::Draft,
+) -> Result<ServiceSpec, String> {
     let methods = document
         .get("methods")
         .and_then(Value::as_array)
@@ -95,7 +108,7 @@ pub fn parse_service(
             continue;
         }
         let cap = parse_method(service, method, &components)
-            .and_then(|cap| compile(Capability { index, ..cap }, limits, &mut budget));
+            .and_then(|cap| compile(Capability { index, ..cap }, limits, &mut budget, draft));
         match cap {
             Ok(cap) => {
                 if capabilities.insert(cap.method.clone(), Arc::new(cap)).is_some() {
@@ -111,13 +124,19 @@ pub fn parse_service(
         document,
         capabilities,
         warnings,
+        source: None,
     })
 }
 
 /// Compiles a method's params schema, with just the components it reaches beside it, within
 /// the budget of components a method and the whole service may reach (what compiling
 /// costs). A schema that does not compile, or is over budget, skips the method.
-fn compile(mut cap: Capability, limits: &SpecLimits, budget: &mut Budget) -> Result<Capability, String> {
+fn compile(
+    mut cap: Capability,
+    limits: &SpecLimits,
+    budget: &mut Budget,
+    draft: jsonschema::Draft,
+) -> Result<Capability, String> {
     let (schema, param_names) = params_schema(&cap.params);
     let names_ok = param_names.len() == cap.params.len();
     if !names_ok {
@@ -125,9 +144,9 @@ fn compile(mut cap: Capability, limits: &SpecLimits, budget: &mut Budget) -> Res
     }
     budget.charge(&cap, &schema, limits)?;
     let schema = schema::with_components(&schema, &cap.components);
-    // OpenRPC 1.3 schemas are JSON Schema draft-07; nothing is fetched over the network.
+    // Nothing is fetched over the network.
     let validator = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft7)
+        .with_draft(draft)
         .with_pattern_options(jsonschema::PatternOptions::regex())
         .build(&schema)
         .map_err(|e| format!("{}: params schema refused: {e}; skipped", cap.method))?;
@@ -267,6 +286,9 @@ fn parse_method(service: &str, method: &Value, components: &Arc<Value>) -> Resul
             .unwrap_or_default(),
         intent: HeroIntent::from_method(method),
         validator: None,
+        route: None,
+        pending: false,
+        timeout: None,
         index: 0,
         param_names: Vec::new(),
     })

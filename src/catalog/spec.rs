@@ -18,7 +18,7 @@ macro_rules! open_enum {
         pub enum $name { $(#[serde(rename = $text)] $variant),+ }
 
         impl $name {
-            const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// Parses a value; unknown values become the most restrictive known one.
             pub fn parse(text: &str) -> Self {
@@ -124,6 +124,12 @@ pub struct Capability {
     pub errors: Vec<Value>,
     pub intent: HeroIntent,
     pub(crate) validator: Option<jsonschema::Validator>,
+    /// How a source's capability is sent (`None`: a hero service's `rpc.sock`).
+    pub(crate) route: Option<Arc<crate::sources::Route>>,
+    /// New or changed in its source since an admin accepted it: listed, refused.
+    pub pending: bool,
+    /// The source's own call timeout, replacing the default.
+    pub timeout: Option<std::time::Duration>,
     /// Where the method stands in the service's document (`methods[index]`).
     pub(crate) index: usize,
     pub(crate) param_names: Vec<String>,
@@ -180,19 +186,32 @@ impl Capability {
 
     /// The short form used by `catalog.list` and `catalog.search`.
     pub fn summary_json(&self) -> Value {
-        json!({
+        let value = json!({
             "name": self.name,
             "service": self.service,
             "method": self.method,
             "summary": self.summary,
             "description": self.description,
             "x-hero-intent": self.intent,
-        })
+        });
+        self.mark(value)
+    }
+
+    /// A capability not accepted yet says so (`"new": true`, with what to do).
+    fn mark(&self, mut value: Value) -> Value {
+        if self.pending {
+            value["new"] = json!(true);
+            value["refused_until"] = json!(format!(
+                "an admin runs sources.accept {{\"name\": \"{}\"}}",
+                self.service
+            ));
+        }
+        value
     }
 
     /// The full form used by `catalog.describe`.
     pub fn describe_json(&self) -> Value {
-        json!({
+        let value = json!({
             "name": self.name,
             "service": self.service,
             "method": self.method,
@@ -204,7 +223,8 @@ impl Capability {
             "result": self.result,
             "errors": self.errors,
             "x-hero-intent": self.intent,
-        })
+        });
+        self.mark(value)
     }
 
     /// The params schema with the components it refers to (and only those) beside it, so it
@@ -233,9 +253,11 @@ pub struct ServiceSpec {
     pub capabilities: BTreeMap<String, Arc<Capability>>,
     /// Methods skipped and why (e.g. a method without a name).
     pub warnings: Vec<String>,
+    /// The kind of source (`openapi`, `mcp`) it was built from; `None` for a hero service.
+    pub source: Option<&'static str>,
 }
 
-pub use super::parse::{SpecLimits, parse_service};
+pub use super::parse::{SpecLimits, parse_document, parse_service};
 
 #[cfg(test)]
 mod tests {

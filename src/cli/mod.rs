@@ -100,6 +100,11 @@ pub struct Cli {
     #[arg(long, env = "HERO_EXECUTOR_POLICY")]
     pub policy: Option<PathBuf>,
 
+    /// Sources file (TOML): OpenAPI services and MCP servers as targets; reloaded on SIGHUP
+    /// and `sources.reload`
+    #[arg(long, env = "HERO_EXECUTOR_SOURCES")]
+    pub sources: Option<PathBuf>,
+
     /// How long a call held for approval waits before it expires, in seconds
     #[arg(long, default_value_t = 3600)]
     pub approval_ttl_secs: u64,
@@ -262,6 +267,9 @@ impl Cli {
         if let Some(policy) = &self.policy {
             args.extend(["--policy".to_owned(), absolute(policy)]);
         }
+        if let Some(sources) = &self.sources {
+            args.extend(["--sources".to_owned(), absolute(sources)]);
+        }
         for host in &self.ui_hosts {
             args.extend(["--ui-host".to_owned(), host.clone()]);
         }
@@ -289,6 +297,7 @@ impl Cli {
         config.core.retention =
             (self.runs_retention_days > 0).then(|| Duration::from_secs(self.runs_retention_days * 86_400));
         config.policy = self.policy.clone();
+        config.sources = self.sources.clone();
         config.rate_limit = (self.rate_limit_rps.max(0.0), self.rate_limit_burst.max(1.0));
         config.max_concurrent = self.max_concurrent.max(1);
         config.max_per_target = self.max_per_target.max(1);
@@ -351,6 +360,13 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         action: PolicyAction,
+        #[command(flatten)]
+        auth: SigningArgs,
+    },
+    /// List, accept and reload the sources beyond hero_* (needs executor.admin)
+    Sources {
+        #[command(subcommand)]
+        action: SourcesAction,
         #[command(flatten)]
         auth: SigningArgs,
     },
@@ -497,6 +513,17 @@ pub enum PolicyAction {
         context: Option<u64>,
     },
     /// Reload the daemon's policy file (an invalid file keeps the running policy)
+    Reload,
+}
+
+/// `hero_executor sources ...`
+#[derive(Debug, Subcommand)]
+pub enum SourcesAction {
+    /// Each source: status, fingerprint, operations, and those new since it was accepted
+    List,
+    /// Accept what a source serves now: its new operations become callable
+    Accept { name: String },
+    /// Reload the sources file (an invalid file keeps the running sources)
     Reload,
 }
 

@@ -10,7 +10,7 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{CatalogAction, Command, KeysAction, PolicyAction, RunsAction, SigningArgs};
+use super::{CatalogAction, Command, KeysAction, PolicyAction, RunsAction, SigningArgs, SourcesAction};
 use crate::client::{Client, ClientError, Signer, hero_headers};
 use crate::identity::signature::{private_key_pem, public_key_pem};
 
@@ -75,6 +75,7 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), Failed> {
         Command::Catalog { action, auth } => catalog(&client(&rpc_sock, auth).await?, action).await,
         Command::Runs { action, auth } => runs(&client(&rpc_sock, auth).await?, action).await,
         Command::Policy { action, auth } => policy(&client(&rpc_sock, auth).await?, action).await,
+        Command::Sources { action, auth } => sources(&client(&rpc_sock, auth).await?, action).await,
         Command::Call {
             capability,
             params,
@@ -132,6 +133,17 @@ async fn keys(client: &Client, action: &KeysAction) -> Result<(), Failed> {
             println!("revoked {keyid}");
         }
     }
+    Ok(())
+}
+
+async fn sources(client: &Client, action: &SourcesAction) -> Result<(), Failed> {
+    let (method, params) = match action {
+        SourcesAction::List => ("sources.list", json!({})),
+        SourcesAction::Accept { name } => ("sources.accept", json!({"name": name})),
+        SourcesAction::Reload => ("sources.reload", json!({})),
+    };
+    let value = client.rpc(method, params, HeaderMap::new()).await.map_err(show)?;
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     Ok(())
 }
 

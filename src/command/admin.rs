@@ -119,19 +119,54 @@ pub(super) fn policy_reload(d: &Dispatcher, caller: &Caller) -> Result<Value, Ex
     require_admin(caller, "policy.reload")?;
     match d.reload_policy() {
         Ok(policy) => Ok(json!({ "source": policy.source, "rules": policy.rule_count() })),
-        Err(errors) => Err(ExecError::InvalidParams {
-            message: format!(
-                "the policy file has {} error(s); the running policy is unchanged: {}",
-                errors.len(),
-                errors[0]
-            ),
-            details: errors
-                .into_iter()
-                .map(|message| ParamError {
-                    pointer: String::new(),
-                    message,
-                })
-                .collect(),
-        }),
+        Err(errors) => Err(refused("the policy file", "the running policy", errors)),
     }
+}
+
+/// A reload refused: every error of the file, as invalid-params details.
+fn refused(what: &str, kept: &str, errors: Vec<String>) -> ExecError {
+    ExecError::InvalidParams {
+        message: format!(
+            "{what} has {} error(s); {kept} is unchanged: {}",
+            errors.len(),
+            errors.first().map_or("", String::as_str)
+        ),
+        details: errors
+            .into_iter()
+            .map(|message| ParamError {
+                pointer: String::new(),
+                message,
+            })
+            .collect(),
+    }
+}
+
+/// `sources.accept`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRef {
+    pub name: String,
+}
+
+fn sources(d: &Dispatcher) -> Result<&crate::sources::Sources, ExecError> {
+    d.sources()
+        .ok_or_else(|| ExecError::NotFound("no sources: start the executor with --sources FILE".into()))
+}
+
+pub(super) async fn sources_list(d: &Dispatcher, caller: &Caller) -> Result<Value, ExecError> {
+    require_admin(caller, "sources.list")?;
+    Ok(sources(d)?.list().await)
+}
+
+pub(super) async fn sources_accept(d: &Dispatcher, caller: &Caller, p: SourceRef) -> Result<Value, ExecError> {
+    require_admin(caller, "sources.accept")?;
+    sources(d)?.accept(&p.name, &caller.principal.id).await
+}
+
+pub(super) async fn sources_reload(d: &Dispatcher, caller: &Caller) -> Result<Value, ExecError> {
+    require_admin(caller, "sources.reload")?;
+    sources(d)?
+        .reload()
+        .await
+        .map_err(|errors| refused("the sources file", "what runs", errors))
 }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 pub use crate::identity::registry::NewKey;
-pub use admin::{Explain, KeyRef};
+pub use admin::{Explain, KeyRef, SourceRef};
 pub use catalog::{CatalogList, CatalogSearch};
 pub use runs::{Approve, Reject, RunRef, RunsList, RunsPrune, RunsWait, list_filter};
 
@@ -50,6 +50,9 @@ pub const METHODS: &[&str] = &[
     "policy.explain",
     "policy.check",
     "policy.reload",
+    "sources.list",
+    "sources.accept",
+    "sources.reload",
     "keys.list",
     "keys.add",
     "keys.revoke",
@@ -78,6 +81,9 @@ pub enum Command {
     PolicyExplain(Explain),
     PolicyCheck,
     PolicyReload,
+    SourcesList,
+    SourcesAccept(SourceRef),
+    SourcesReload,
     KeysList,
     KeysAdd(NewKey),
     KeysRevoke(KeyRef),
@@ -142,6 +148,9 @@ impl Command {
             "policy.explain" => Self::PolicyExplain(parse(method, params)?),
             "policy.check" => none(Self::PolicyCheck)?,
             "policy.reload" => none(Self::PolicyReload)?,
+            "sources.list" => none(Self::SourcesList)?,
+            "sources.accept" => Self::SourcesAccept(parse(method, params)?),
+            "sources.reload" => none(Self::SourcesReload)?,
             "keys.list" => none(Self::KeysList)?,
             "keys.add" => Self::KeysAdd(parse(method, params)?),
             "keys.revoke" => Self::KeysRevoke(parse(method, params)?),
@@ -222,6 +231,9 @@ impl Command {
             Self::PolicyExplain(p) => admin::explain(d, caller, p)?,
             Self::PolicyCheck => admin::policy_check(d, caller)?,
             Self::PolicyReload => admin::policy_reload(d, caller)?,
+            Self::SourcesList => admin::sources_list(d, caller).await?,
+            Self::SourcesAccept(p) => admin::sources_accept(d, caller, p).await?,
+            Self::SourcesReload => admin::sources_reload(d, caller).await?,
             Self::KeysList => admin::keys_list(d, caller)?,
             Self::KeysAdd(p) => admin::keys_add(d, caller, p).await?,
             Self::KeysRevoke(p) => admin::keys_revoke(d, caller, p).await?,
@@ -252,6 +264,9 @@ impl Command {
             Self::PolicyExplain(_) => "policy.explain",
             Self::PolicyCheck => "policy.check",
             Self::PolicyReload => "policy.reload",
+            Self::SourcesList => "sources.list",
+            Self::SourcesAccept(_) => "sources.accept",
+            Self::SourcesReload => "sources.reload",
             Self::KeysList => "keys.list",
             Self::KeysAdd(_) => "keys.add",
             Self::KeysRevoke(_) => "keys.revoke",

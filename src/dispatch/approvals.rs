@@ -183,6 +183,10 @@ impl Dispatcher {
             return refused(RunStatus::Denied, error);
         }
         let capability = match self.catalog.lookup(&run.service, &run.method).await {
+            Lookup::Found(capability) if capability.pending => {
+                let error = ExecError::Denied(super::execute::not_accepted(&capability));
+                return refused(RunStatus::Denied, error);
+            }
             Lookup::Found(capability) => capability,
             Lookup::Unavailable(why) => return refused(RunStatus::Failed, ExecError::TargetUnavailable(why)),
             Lookup::UnknownMethod | Lookup::UnknownService => {

@@ -64,6 +64,10 @@ impl Dispatcher {
             Decision::Allow(permit) => Some(permit),
         };
         let capability = match lookup {
+            Lookup::Found(capability) if capability.pending => {
+                let error = ExecError::Denied(not_accepted(&capability));
+                return Err(self.record_refusal(run, RunStatus::Denied, error, span).await);
+            }
             Lookup::Found(capability) => capability,
             Lookup::UnknownMethod | Lookup::UnknownService => {
                 let error = ExecError::NotFound(format!("no capability {name}"));
@@ -204,4 +208,12 @@ fn traced(span: Option<Traced>, run: &mut Run) -> Option<Traced> {
     span.set("hero.run_id", run.id.clone());
     run.trace = Some(span.traceparent());
     Some(span)
+}
+
+/// Why a source capability that is new since its source was accepted is refused.
+pub(super) fn not_accepted(capability: &crate::catalog::Capability) -> String {
+    format!(
+        "{} is new in source {} since an admin accepted it: refused until an admin runs sources.accept {{\"name\": \"{}\"}}",
+        capability.name, capability.service, capability.service
+    )
 }

@@ -59,16 +59,14 @@ impl Forwarder {
                 }
                 _ => None,
             };
-            let outcome = self
-                .upstream
-                .call(
-                    &capability.service,
-                    &capability.method,
-                    params,
-                    &headers,
-                    self.call_timeout,
-                )
-                .await;
+            let timeout = capability.timeout.unwrap_or(self.call_timeout);
+            let outcome = match &capability.route {
+                Some(route) => route.call(params, &headers.traceparent, timeout).await,
+                None => {
+                    let (service, method) = (&capability.service, &capability.method);
+                    self.upstream.call(service, method, params, &headers, timeout).await
+                }
+            };
             if let Some(upstream) = upstream {
                 upstream.end_upstream(outcome.as_ref().err());
             }

@@ -64,6 +64,8 @@ pub struct Dispatcher {
     /// Validations of large params run on blocking threads, this many at once.
     validations: Arc<tokio::sync::Semaphore>,
     config: CoreConfig,
+    /// Sources beyond hero_* (`--sources`), when declared.
+    sources: Option<crate::sources::Sources>,
 }
 
 /// Params larger than this (as JSON text) are validated on a blocking thread.
@@ -101,6 +103,7 @@ impl Dispatcher {
             running: Default::default(),
             validations: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_VALIDATIONS)),
             config,
+            sources: None,
         }
     }
 
@@ -130,6 +133,17 @@ impl Dispatcher {
     pub fn with_telemetry(mut self, telemetry: Option<Arc<Telemetry>>) -> Self {
         self.forwarder.telemetry = telemetry;
         self
+    }
+
+    /// Serves the capabilities of `sources` (`--sources`).
+    pub fn with_sources(mut self, sources: crate::sources::Sources) -> Self {
+        self.sources = Some(sources);
+        self
+    }
+
+    /// The sources beyond hero_*, when a sources file is in use.
+    pub fn sources(&self) -> Option<&crate::sources::Sources> {
+        self.sources.as_ref()
     }
 
     /// The metrics calls are counted in.

@@ -27,6 +27,8 @@ pub mod code {
     pub const TARGET_UNAVAILABLE: i64 = -32020;
     pub const TARGET_TIMEOUT: i64 = -32021;
     pub const TARGET_PROTOCOL: i64 = -32022;
+    /// A source target answered with an error: a non-2xx HTTP status, or an MCP tool error.
+    pub const TARGET_ERROR: i64 = -32023;
     pub const RATE_LIMITED: i64 = -32029;
 }
 

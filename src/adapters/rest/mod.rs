@@ -20,7 +20,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::openrpc::idempotency_key;
 use crate::AppState;
-use crate::command::{CatalogList, CatalogSearch, Command, Describe, Execute, KeyRef, NewKey};
+use crate::command::{CatalogList, CatalogSearch, Command, Describe, Execute, KeyRef, NewKey, SourceRef};
 use crate::error::render::{Problem, problem, problem_for_run};
 use crate::error::{ExecError, Failure, ParamError};
 use crate::intent::{Caller, Outcome, Surface};
@@ -42,6 +42,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/policy", get(runs::policy))
         .route("/api/v1/policy/explain", post(runs::explain))
+        .route("/api/v1/sources", get(sources_list))
+        .route("/api/v1/sources/reload", post(sources_reload))
+        .route("/api/v1/sources/{name}/accept", post(sources_accept))
         .route("/openapi.json", get(openapi_document))
 }
 
@@ -293,6 +296,56 @@ async fn keys_revoke(
     call(&state, caller, Command::KeysRevoke(KeyRef { keyid })).await
 }
 
+/// The sources beyond hero_* (needs `executor.admin`): status, fingerprints, pending operations.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sources",
+    tag = "sources",
+    responses(
+        (status = 200, description = "`{file, sources: [...]}` as `sources.list`", body = Object),
+        (status = 403, description = "Missing the executor.admin claim", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn sources_list(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
+    call(&state, caller, Command::SourcesList).await
+}
+
+/// Accept what a source serves now (needs `executor.admin`): its new operations become callable.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sources/{name}/accept",
+    tag = "sources",
+    params(("name" = String, Path, description = "The source")),
+    responses(
+        (status = 200, description = "The source, as `sources.list` shows it", body = Object),
+        (status = 403, description = "Missing the executor.admin claim", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such source", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The source serves nothing yet", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn sources_accept(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path(name): Path<String>,
+) -> Response {
+    call(&state, caller, Command::SourcesAccept(SourceRef { name })).await
+}
+
+/// Reload the sources file (needs `executor.admin`); an invalid file keeps the running sources.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sources/reload",
+    tag = "sources",
+    responses(
+        (status = 200, description = "`{file, sources: [names]}`", body = Object),
+        (status = 403, description = "Missing the executor.admin claim", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The file has errors, each with its line; nothing changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn sources_reload(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
+    call(&state, caller, Command::SourcesReload).await
+}
+
 /// The generated OpenAPI 3.1 document of this surface.
 #[derive(OpenApi)]
 #[openapi(
@@ -315,6 +368,9 @@ async fn keys_revoke(
         runs::cancel,
         runs::policy,
         runs::explain,
+        sources_list,
+        sources_accept,
+        sources_reload,
         events::stream
     ),
     components(schemas(Problem, ParamError, NewKeyBody))
