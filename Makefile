@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run echo build test python-deps bench instructions microbench lint fmt clean
+.PHONY: run echo petstore build test python-deps bench instructions microbench lint fmt clean
 
 ## run: build and run the daemon in the foreground with embedded defaults (ARGS="..." for flags)
 run:
@@ -15,6 +15,15 @@ echo:
 ## build: release build of the daemon and the examples
 build:
 	$(CARGO) build --release --bins --examples
+
+## petstore: the Swagger Petstore document (npm @readme/oas-examples) and a few of its operations on 127.0.0.1:8088 (api_key: demo-key), for the README's Sources tour
+PETSTORE_SPEC = target/test-data/oas-examples-8.2.2/package/3.0/yaml/petstore.yaml
+petstore: $(PETSTORE_SPEC)
+	PETSTORE_KEY=demo-key python3 tests/sources/petstore_server.py $(PETSTORE_SPEC) 8088
+
+$(PETSTORE_SPEC):
+	mkdir -p target/test-data/oas-examples-8.2.2
+	cd target/test-data/oas-examples-8.2.2 && npm pack --silent @readme/oas-examples@8.2.2 && tar xzf readme-oas-examples-8.2.2.tgz
 
 ## test: the whole test suite (unit, integration with real daemon and services, doc tests)
 test: python-deps

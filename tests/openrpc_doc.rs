@@ -95,8 +95,9 @@ async fn every_documented_method_answers() {
         "keys.revoke" => json!({"keyid": "k1"}),
         _ => json!({}),
     };
-    // These need a run held for approval to succeed; here they must exist and refuse cleanly.
-    let needs_setup = ["runs.approve", "runs.reject", "runs.cancel"];
+    // These need a run held for approval (or a source) to succeed; here they must exist and
+    // refuse cleanly.
+    let needs_setup = ["runs.approve", "runs.reject", "runs.cancel", "sources.accept"];
     for name in hero_executor::command::METHODS {
         let response = rpc(&node.rpc_sock(), name, params(name)).await;
         if needs_setup.contains(name) {

@@ -707,6 +707,67 @@ components:
         );
     }
 
+    /// Over a Unix socket (`unix:` base URL): every kind of credential reaches the target,
+    /// and is redacted from what the target echoes; an answer over the cap is refused.
+    #[tokio::test]
+    async fn credentials_are_sent_and_redacted_and_answers_capped() {
+        use axum::routing::get;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let echo = |headers: http::HeaderMap, uri: http::Uri| async move {
+            let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned());
+            axum::Json(json!({"authorization": auth, "uri": uri.to_string(),
+                              "x-key": headers.get("x-key").map(|v| v.to_str().unwrap().to_owned())}))
+        };
+        let app = axum::Router::new()
+            .route("/items/{id}", get(echo))
+            .route("/big", get(|| async { "x".repeat(4096) }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let secret = |name: &str, value: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, value).unwrap();
+            super::super::secret::SecretRef::File(path)
+        };
+        let op = Operation {
+            name: "get".into(),
+            method: Method::GET,
+            path: "/items/{id}".into(),
+            params: vec![("id".into(), "id".into(), Location::Path), ("q".into(), "q".into(), Location::Query)],
+            body: None,
+        };
+        let params = json!({"id": "a b/c", "q": ["1", "2"]});
+        let auths = [
+            (Auth::Bearer { token: secret("t", "tok-123456") }, "tok-123456"),
+            (
+                Auth::Basic { username: secret("u", "user"), password: secret("p", "pass-987654") },
+                "pass-987654",
+            ),
+            (Auth::Query { name: "key".into(), value: secret("k", "qk-55&x") }, "qk-55&x"),
+            (
+                Auth::Header { name: HeaderName::from_static("x-key"), value: secret("h", "hk-4242") },
+                "hk-4242",
+            ),
+        ];
+        for (auth, value) in auths {
+            let def = SourceDef { auth: Some(auth), ..def() };
+            let target = HttpTarget::new(&def, &BaseUrl::Unix(socket.clone()), 1024).unwrap();
+            let answer = target
+                .call(&op, Some(&params), &HeaderMap::new(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            let text = answer.get();
+            assert!(text.contains("[redacted]"), "the target saw the credential: {text}");
+            assert!(!text.contains(value), "{text}");
+            let answer: Value = serde_json::from_str(text).unwrap();
+            assert!(answer["uri"].as_str().unwrap().starts_with("/items/a%20b%2Fc?q=1&q=2"), "{answer}");
+        }
+        let big = Operation { path: "/big".into(), params: Vec::new(), ..op };
+        let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024).unwrap();
+        let error = target.call(&big, None, &HeaderMap::new(), Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!(error.code(), -32022, "{error}");
+    }
+
     #[test]
     fn not_openapi_3_is_refused() {
         assert!(

@@ -1,6 +1,6 @@
 """A few operations of the Swagger Petstore (the OpenAPI 3.0 document from the npm package
-@readme/oas-examples), for tests/sources.rs. Listens on 127.0.0.1 (a free port, printed
-as `PORT <n>`), serves its spec at /openapi.yaml, and the API under /v2. Every API call
+@readme/oas-examples), for tests/sources.rs. Listens on 127.0.0.1 (the port given after the
+spec, else a free one; printed as `PORT <n>`), serves its spec at /openapi.yaml, and the API under /v2. Every API call
 needs the `api_key` header to equal $PETSTORE_KEY.
 
 Misbehaviours on purpose, by pet id: 999 echoes the caller's api_key in the pet's name,
@@ -101,6 +101,6 @@ class Handler(BaseHTTPRequestHandler):
         self.route("DELETE")
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0), Handler)
 print(f"PORT {server.server_address[1]}", flush=True)
 server.serve_forever()
