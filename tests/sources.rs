@@ -401,6 +401,52 @@ async fn an_operation_added_to_the_spec_is_refused_until_an_admin_accepts_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_3_1_document_is_served_and_intents_are_overridden() {
+    let node = Node::new();
+    let spec31 = petstore_spec().parent().unwrap().join("../../3.1/yaml/petstore.yaml");
+    let (_server, port) = petstore(&petstore_spec());
+    let secret = node.tmp.path().join("key");
+    std::fs::write(&secret, KEY).unwrap();
+    let sources = node.tmp.path().join("sources.toml");
+    std::fs::write(
+        &sources,
+        format!(
+            "[[source]]\nname = \"pets\"\nkind = \"openapi\"\nspec = \"{}\"\nbase_url = \"http://127.0.0.1:{port}/v2\"\n\
+             auth = {{ type = \"header\", name = \"api_key\", value = \"file:{}\" }}\n\
+             [source.operations.getPetById]\nintent = {{ audience_scope = \"self\" }}\n\
+             [source.operations.findPetsByStatus]\nintent = {{ side_effect_class = \"admin\" }}\n",
+            spec31.display(),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let mut config = node.config();
+    config.sources = Some(sources);
+    let _executor = node.start(config).await;
+    let sock = node.rpc_sock();
+    eventually("pets", || async {
+        capability_names(&sock).await.contains(&"pets.getPetById".to_owned())
+    })
+    .await;
+    let described = rpc(&sock, "catalog.describe", json!({"capability": "pets.getPetById"})).await["result"].clone();
+    assert_eq!(
+        described["x-hero-intent"]["audience_scope"], "self",
+        "overridden: {described}"
+    );
+    assert_eq!(
+        described["x-hero-intent"]["side_effect_class"], "read",
+        "the rest derived"
+    );
+    assert_eq!(
+        rpc(&sock, "pets.getPetById", json!({"petId": 2})).await["result"]["name"],
+        "Tom"
+    );
+    // An override to admin puts the operation under the default policy's admin guard.
+    let held = rpc(&sock, "pets.findPetsByStatus", json!({"status": ["sold"]})).await;
+    assert_eq!(error_code(&held), -32010, "{held}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_sources_file_is_refused_with_its_lines_and_the_running_one_stays() {
     let node = Node::new();
     let (_server, port) = petstore(&petstore_spec());

@@ -733,24 +733,47 @@ components:
             name: "get".into(),
             method: Method::GET,
             path: "/items/{id}".into(),
-            params: vec![("id".into(), "id".into(), Location::Path), ("q".into(), "q".into(), Location::Query)],
+            params: vec![
+                ("id".into(), "id".into(), Location::Path),
+                ("q".into(), "q".into(), Location::Query),
+            ],
             body: None,
         };
         let params = json!({"id": "a b/c", "q": ["1", "2"]});
         let auths = [
-            (Auth::Bearer { token: secret("t", "tok-123456") }, "tok-123456"),
             (
-                Auth::Basic { username: secret("u", "user"), password: secret("p", "pass-987654") },
+                Auth::Bearer {
+                    token: secret("t", "tok-123456"),
+                },
+                "tok-123456",
+            ),
+            (
+                Auth::Basic {
+                    username: secret("u", "user"),
+                    password: secret("p", "pass-987654"),
+                },
                 "pass-987654",
             ),
-            (Auth::Query { name: "key".into(), value: secret("k", "qk-55&x") }, "qk-55&x"),
             (
-                Auth::Header { name: HeaderName::from_static("x-key"), value: secret("h", "hk-4242") },
+                Auth::Query {
+                    name: "key".into(),
+                    value: secret("k", "qk-55&x"),
+                },
+                "qk-55&x",
+            ),
+            (
+                Auth::Header {
+                    name: HeaderName::from_static("x-key"),
+                    value: secret("h", "hk-4242"),
+                },
                 "hk-4242",
             ),
         ];
         for (auth, value) in auths {
-            let def = SourceDef { auth: Some(auth), ..def() };
+            let def = SourceDef {
+                auth: Some(auth),
+                ..def()
+            };
             let target = HttpTarget::new(&def, &BaseUrl::Unix(socket.clone()), 1024).unwrap();
             let answer = target
                 .call(&op, Some(&params), &HeaderMap::new(), Duration::from_secs(5))
@@ -760,11 +783,21 @@ components:
             assert!(text.contains("[redacted]"), "the target saw the credential: {text}");
             assert!(!text.contains(value), "{text}");
             let answer: Value = serde_json::from_str(text).unwrap();
-            assert!(answer["uri"].as_str().unwrap().starts_with("/items/a%20b%2Fc?q=1&q=2"), "{answer}");
+            assert!(
+                answer["uri"].as_str().unwrap().starts_with("/items/a%20b%2Fc?q=1&q=2"),
+                "{answer}"
+            );
         }
-        let big = Operation { path: "/big".into(), params: Vec::new(), ..op };
+        let big = Operation {
+            path: "/big".into(),
+            params: Vec::new(),
+            ..op
+        };
         let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024).unwrap();
-        let error = target.call(&big, None, &HeaderMap::new(), Duration::from_secs(5)).await.unwrap_err();
+        let error = target
+            .call(&big, None, &HeaderMap::new(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), -32022, "{error}");
     }
 
