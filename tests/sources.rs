@@ -233,16 +233,12 @@ auth = {{ type = "header", name = "api_key", value = "env:PETSTORE_KEY" }}
     );
     let html = call(&agent, "pets.getPetById", json!({"petId": 700})).await;
     assert_eq!(error_code(&html), -32022, "{html}");
-    // A path parameter stays one segment: it cannot climb to another operation.
-    let climbing = call(&agent, "pets.getUserByName", json!({"username": "../pet/1"})).await;
-    assert_eq!(error_code(&climbing), -32023, "{climbing}");
-    assert!(
-        climbing["error"]["data"]["body"]
-            .as_str()
-            .unwrap()
-            .contains("/v2/user/..%2Fpet%2F1"),
-        "{climbing}"
-    );
+    // A path parameter stays one segment: it cannot climb to another operation, escaped
+    // or not (a server or proxy may decode %2F and resolve ..).
+    for climbing in ["../pet/1", "..", "x%2F..%2Fpet"] {
+        let refused = call(&agent, "pets.getUserByName", json!({"username": climbing})).await;
+        assert_eq!(error_code(&refused), -32602, "{climbing}: {refused}");
+    }
 
     // Redirects: on the source's origin followed, to another host refused.
     let same = call(&agent, "pets.getPetById", json!({"petId": 301})).await;
@@ -379,7 +375,23 @@ async fn an_operation_added_to_the_spec_is_refused_until_an_admin_accepts_it() {
         .await;
     assert!(by_agent.is_err(), "{by_agent:?}");
 
-    let accepted = http(&node.rest_sock(), "POST", "/api/v1/sources/pets/accept", &[], "").await;
+    // An accept names what the admin reviewed; a fingerprint no longer served is refused.
+    let stale = rpc(
+        &sock,
+        "sources.accept",
+        json!({"name": "pets", "fingerprint": "0".repeat(64)}),
+    )
+    .await;
+    assert_eq!(error_code(&stale), -32004, "{stale}");
+    let reviewed = listed["fingerprint"].as_str().unwrap();
+    let accepted = http(
+        &node.rest_sock(),
+        "POST",
+        "/api/v1/sources/pets/accept",
+        &[("content-type", "application/json")],
+        json!({"fingerprint": reviewed}).to_string(),
+    )
+    .await;
     assert_eq!(accepted.status, 200, "{:?}", accepted.body);
     assert_eq!(accepted.json()["newly_accepted"], json!(["vaccinatePet"]));
     assert_eq!(accepted.json()["status"], "ok");
@@ -530,9 +542,10 @@ async fn an_mcp_stdio_source_is_supervised_and_its_secret_redacted() {
     let file = mcp_sources(
         &node,
         &format!(
-            "[[source]]\nname = \"notes\"\nkind = \"mcp\"\ncommand = \"python3\"\nargs = [\"{}\", \"stdio\"]\n\
-             secret_env = {{ NOTES_TOKEN = \"file:{}\" }}\n",
+            "[[source]]\nname = \"notes\"\nkind = \"mcp\"\ncommand = \"sh\"\n\
+             args = [\"-c\", \"python3 {} stdio {}\"]\nsecret_env = {{ NOTES_TOKEN = \"file:{}\" }}\n",
             script("mcp_server.py").display(),
+            node.tmp.path().display(),
             token.display()
         ),
     );
@@ -589,6 +602,23 @@ async fn an_mcp_stdio_source_is_supervised_and_its_secret_redacted() {
     let listed = rpc(&sock, "sources.list", json!({})).await["result"]["sources"][0].clone();
     assert!(listed["connection"]["restarts"].as_u64().unwrap() >= 1, "{listed}");
     assert_eq!(listed["connection"]["connected"], true);
+
+    // Removed from the file: the server (started through a shell) is stopped whole.
+    let tag = node.tmp.path().display().to_string();
+    let running = || {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("mcp_server.py stdio {tag}")])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    assert!(running(), "the server runs under sh");
+    std::fs::write(node.tmp.path().join("sources.toml"), "").unwrap();
+    let reloaded = rpc(&sock, "sources.reload", json!({})).await;
+    assert_eq!(reloaded["result"]["sources"], json!([]), "{reloaded}");
+    eventually("the MCP server stopped", || async { !running() }).await;
+    let gone = rpc(&sock, "notes.add", json!({"a": 1, "b": 1})).await;
+    assert_eq!(error_code(&gone), -32020, "{gone}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

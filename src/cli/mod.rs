@@ -522,7 +522,12 @@ pub enum SourcesAction {
     /// Each source: status, fingerprint, operations, and those new since it was accepted
     List,
     /// Accept what a source serves now: its new operations become callable
-    Accept { name: String },
+    Accept {
+        name: String,
+        /// The fingerprint you reviewed in `sources list` (refused if it changed since)
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
     /// Reload the sources file (an invalid file keeps the running sources)
     Reload,
 }

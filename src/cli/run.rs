@@ -139,7 +139,10 @@ async fn keys(client: &Client, action: &KeysAction) -> Result<(), Failed> {
 async fn sources(client: &Client, action: &SourcesAction) -> Result<(), Failed> {
     let (method, params) = match action {
         SourcesAction::List => ("sources.list", json!({})),
-        SourcesAction::Accept { name } => ("sources.accept", json!({"name": name})),
+        SourcesAction::Accept { name, fingerprint } => (
+            "sources.accept",
+            crate::jsonrpc::without_nulls(json!({"name": name, "fingerprint": fingerprint})),
+        ),
         SourcesAction::Reload => ("sources.reload", json!({})),
     };
     let value = client.rpc(method, params, HeaderMap::new()).await.map_err(show)?;

@@ -146,6 +146,8 @@ fn refused(what: &str, kept: &str, errors: Vec<String>) -> ExecError {
 #[serde(deny_unknown_fields)]
 pub struct SourceRef {
     pub name: String,
+    /// The fingerprint the admin reviewed (`sources.list`): refused if it is no longer served.
+    pub fingerprint: Option<String>,
 }
 
 fn sources(d: &Dispatcher) -> Result<&crate::sources::Sources, ExecError> {
@@ -160,7 +162,9 @@ pub(super) async fn sources_list(d: &Dispatcher, caller: &Caller) -> Result<Valu
 
 pub(super) async fn sources_accept(d: &Dispatcher, caller: &Caller, p: SourceRef) -> Result<Value, ExecError> {
     require_admin(caller, "sources.accept")?;
-    sources(d)?.accept(&p.name, &caller.principal.id).await
+    sources(d)?
+        .accept(&p.name, p.fingerprint.as_deref(), &caller.principal.id)
+        .await
 }
 
 pub(super) async fn sources_reload(d: &Dispatcher, caller: &Caller) -> Result<Value, ExecError> {

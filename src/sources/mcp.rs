@@ -42,7 +42,13 @@ const MAX_LOG_LINE: usize = 512;
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 /// What the supervisor reports: the tool list (as JSON) when connected, or why not.
-pub type OnTools = Arc<dyn Fn(Result<Vec<Value>, String>) + Send + Sync>;
+/// The supervisor waits for each report to be published before it goes on, so reports
+/// arrive in order and a new connection serves calls only once its tools are published.
+pub type OnTools = Arc<dyn Fn(Result<Vec<Value>, String>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Most tools (and pages of them) read from one server.
+const MAX_TOOLS: usize = 10_000;
+const MAX_TOOL_PAGES: usize = 100;
 
 /// A connected (or reconnecting) MCP server.
 pub struct McpTarget {
@@ -51,6 +57,12 @@ pub struct McpTarget {
     restarts: AtomicU64,
     stop: watch::Sender<bool>,
     max_response_bytes: usize,
+    /// The secret values the running child was started with (redacted even once rotated).
+    spawned: RwLock<Redactor>,
+    /// The running child's process group, killed whole when the connection ends.
+    group: std::sync::Mutex<Option<u32>>,
+    /// Calls in flight, like a hero target's (`--max-per-target`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for McpTarget {
@@ -62,13 +74,16 @@ impl std::fmt::Debug for McpTarget {
 impl McpTarget {
     /// Starts connecting (and supervising) in the background; `on_tools` hears every tool
     /// list and every disconnection.
-    pub fn start(def: SourceDef, max_response_bytes: usize, on_tools: OnTools) -> Arc<Self> {
+    pub fn start(def: SourceDef, max_response_bytes: usize, max_in_flight: usize, on_tools: OnTools) -> Arc<Self> {
         let target = Arc::new(Self {
             def,
             peer: RwLock::new(Err("connecting".to_owned())),
             restarts: AtomicU64::new(0),
             stop: watch::channel(false).0,
             max_response_bytes,
+            spawned: RwLock::new(Redactor::default()),
+            group: std::sync::Mutex::new(None),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
         });
         tokio::spawn(target.clone().supervise(on_tools));
         target
@@ -108,8 +123,9 @@ impl McpTarget {
                 Ok(Ok(running)) => {
                     let peer = running.peer().clone();
                     let token = running.cancellation_token();
+                    // Calls reach the new connection only once its tools are published.
+                    on_tools(self.list_tools(&peer).await).await;
                     self.set_peer(Ok(peer.clone()));
-                    on_tools(list_tools(&peer).await);
                     let waiting = running.waiting();
                     tokio::pin!(waiting);
                     loop {
@@ -117,22 +133,28 @@ impl McpTarget {
                             _ = stop.changed() => {
                                 token.cancel();
                                 let _ = waiting.await;
+                                self.kill_group();
                                 return;
                             }
-                            Some(()) = changed.recv() => on_tools(list_tools(&peer).await),
+                            Some(()) = changed.recv() => {
+                                while changed.try_recv().is_ok() {} // a burst is listed once
+                                on_tools(self.list_tools(&peer).await).await;
+                            }
                             _ = &mut waiting => break,
                         }
                     }
                     "the MCP server went away".to_owned()
                 }
             };
+            self.kill_group();
+            let why = self.redactor().text(&why);
             if started.elapsed() >= HEALTHY_AFTER {
                 delay = FIRST_BACKOFF;
             }
             let why = format!("{why}; reconnecting in {} s", delay.as_secs());
             tracing::warn!(source = %self.def.name, error = %why, "MCP source down");
             self.set_peer(Err(why.clone()));
-            on_tools(Err(why));
+            on_tools(Err(why)).await;
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -152,7 +174,13 @@ impl McpTarget {
                 dir,
             } => {
                 let mut cmd = tokio::process::Command::new(command);
-                cmd.args(args).current_dir(dir).env_clear().kill_on_drop(true);
+                // Its own process group: a server started through a wrapper (sh, npx, uvx)
+                // is stopped whole.
+                cmd.args(args)
+                    .current_dir(dir)
+                    .env_clear()
+                    .kill_on_drop(true)
+                    .process_group(0);
                 for key in INHERITED_ENV {
                     if let Some(value) = std::env::var_os(key) {
                         cmd.env(key, value);
@@ -165,10 +193,12 @@ impl McpTarget {
                     redactor.add(&value);
                     cmd.env(key, value);
                 }
+                *self.spawned.write().unwrap_or_else(|p| p.into_inner()) = redactor.clone();
                 let (transport, stderr) = TokioChildProcess::builder(cmd)
                     .stderr(std::process::Stdio::piped())
                     .spawn()
                     .map_err(|e| format!("cannot start {command}: {e}"))?;
+                *self.group.lock().unwrap_or_else(|p| p.into_inner()) = transport.id();
                 if let Some(stderr) = stderr {
                     tokio::spawn(log_stderr(self.def.name.clone(), stderr, redactor));
                 }
@@ -191,20 +221,68 @@ impl McpTarget {
         }
     }
 
-    /// The secret values this source uses now (for redaction).
+    /// Kills what is left of the child's process group.
+    fn kill_group(&self) {
+        let group = self.group.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pid) = group.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    /// The secret values this source uses now, and those its child was started with.
     fn redactor(&self) -> Redactor {
-        let mut redactor = Redactor::default();
+        let mut redactor = self.spawned.read().unwrap_or_else(|p| p.into_inner()).clone();
         let refs: Vec<&super::secret::SecretRef> = match (&self.def.kind, &self.def.auth) {
             (Kind::McpStdio { secret_env, .. }, _) => secret_env.values().collect(),
             (_, Some(Auth::Bearer { token })) => vec![token],
             (_, Some(Auth::Header { value, .. } | Auth::Query { value, .. })) => vec![value],
-            (_, Some(Auth::Basic { password, .. })) => vec![password],
+            (_, Some(Auth::Basic { username, password })) => vec![username, password],
             _ => Vec::new(),
         };
-        for value in refs.into_iter().filter_map(|r| r.resolve().ok()) {
-            redactor.add(&value);
+        let values: Vec<String> = refs.into_iter().filter_map(|r| r.resolve().ok()).collect();
+        for value in &values {
+            redactor.add(value);
+        }
+        if let (Some(Auth::Basic { .. }), [user, pass]) = (&self.def.auth, values.as_slice()) {
+            use base64::Engine;
+            redactor.add(&base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
         }
         redactor
+    }
+
+    /// The server's tools (paginated, bounded), secrets redacted from their text.
+    async fn list_tools(&self, peer: &Peer<RoleClient>) -> Result<Vec<Value>, String> {
+        let list = async {
+            let mut tools = Vec::new();
+            let mut cursor = None;
+            for _ in 0..MAX_TOOL_PAGES {
+                let mut params = rmcp::model::PaginatedRequestParams::default();
+                params.cursor = cursor;
+                let page = peer
+                    .list_tools(Some(params))
+                    .await
+                    .map_err(|e| format!("tools/list failed: {e}"))?;
+                for tool in &page.tools {
+                    tools.push(serde_json::to_value(tool).map_err(|e| e.to_string())?);
+                }
+                if tools.len() > MAX_TOOLS {
+                    return Err(format!("more than {MAX_TOOLS} tools"));
+                }
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(tools),
+                }
+            }
+            Err(format!("more than {MAX_TOOL_PAGES} pages of tools"))
+        };
+        let mut tools = tokio::time::timeout(CONNECT_TIMEOUT, list)
+            .await
+            .map_err(|_| "tools/list did not answer in time".to_owned())??;
+        let redactor = self.redactor();
+        for tool in &mut tools {
+            redactor.value(tool);
+        }
+        Ok(tools)
     }
 
     /// Calls one tool. A tool error (`isError`) is a target error; the answer is the tool's
@@ -222,6 +300,12 @@ impl McpTarget {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .map_err(|why| ExecError::TargetUnavailable(format!("{source}: {why}")))?;
+        let started = Instant::now();
+        let _slot = tokio::time::timeout(timeout, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| ExecError::TargetTimeout(format!("{source} has too many calls in flight")))?
+            .map_err(|_| ExecError::Internal("source limiter closed".into()))?;
+        let timeout = timeout.saturating_sub(started.elapsed());
         let mut request = CallToolRequestParams::new(tool.to_owned());
         request.arguments = Some(params.and_then(Value::as_object).cloned().unwrap_or_default());
         let answer = tokio::time::timeout(timeout, peer.call_tool(request))
@@ -237,6 +321,8 @@ impl McpTarget {
                 if let Some(data) = &mut data {
                     redactor.value(data);
                 }
+                // A secret left where it cannot be replaced (in a number): no data at all.
+                let data = data.filter(|d| !redactor.finds(&d.to_string()));
                 return Err(ExecError::Target {
                     code: i64::from(error.code.0),
                     message: redactor.text(&format!("{source}: {}", error.message)),
@@ -285,24 +371,33 @@ impl McpTarget {
     }
 }
 
-async fn list_tools(peer: &Peer<RoleClient>) -> Result<Vec<Value>, String> {
-    let tools = tokio::time::timeout(CONNECT_TIMEOUT, peer.list_all_tools())
-        .await
-        .map_err(|_| "tools/list did not answer in time".to_owned())?
-        .map_err(|e| format!("tools/list failed: {e}"))?;
-    tools
-        .iter()
-        .map(|t| serde_json::to_value(t).map_err(|e| e.to_string()))
-        .collect()
-}
-
 /// Logs a child's stderr, line by line, bounded and with its secrets redacted.
 async fn log_stderr(source: String, stderr: tokio::process::ChildStderr, redactor: Redactor) {
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line: String = redactor.text(&line).chars().take(MAX_LOG_LINE).collect();
-        tracing::info!(source = %source, %line, "MCP server stderr");
+    use tokio::io::AsyncReadExt;
+    let mut stderr = stderr;
+    let mut chunk = [0u8; 4096];
+    // At most MAX_LOG_LINE bytes of a line are kept; the rest is skipped to its newline.
+    let mut line: Vec<u8> = Vec::new();
+    let log = |line: &mut Vec<u8>| {
+        let text = redactor.text(&String::from_utf8_lossy(line));
+        let text: String = text.chars().take(MAX_LOG_LINE).collect();
+        tracing::info!(source = %source, line = %text, "MCP server stderr");
+        line.clear();
+    };
+    while let Ok(n) = stderr.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        for &byte in &chunk[..n] {
+            match byte {
+                b'\n' => log(&mut line),
+                _ if line.len() < MAX_LOG_LINE * 2 => line.push(byte),
+                _ => {}
+            }
+        }
+    }
+    if !line.is_empty() {
+        log(&mut line);
     }
 }
 
@@ -413,6 +508,21 @@ impl StreamableHttpClient for SecretHeaders {
         let headers = self.with_secrets(custom_headers);
         self.inner
             .post_message(uri, message, session_id, auth_header, headers)
+            .await
+    }
+
+    async fn post_message_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        let headers = self.with_secrets(custom_headers);
+        self.inner
+            .post_message_with_max_sse_event_size(uri, message, session_id, auth_header, headers, max_sse_event_size)
             .await
     }
 

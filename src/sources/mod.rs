@@ -139,8 +139,12 @@ struct Inner {
     accepted: AcceptedStore,
     limits: SpecLimits,
     max_response_bytes: usize,
+    /// Calls in flight to one source, as to one hero target.
+    max_in_flight: usize,
     socket_dir: PathBuf,
     live: tokio::sync::Mutex<BTreeMap<String, Live>>,
+    /// One reload at a time, from reading the file to applying it.
+    reloading: tokio::sync::Mutex<()>,
     ids: AtomicU64,
     /// The file read at start, applied when the server starts.
     initial: Mutex<Option<Prepared>>,
@@ -155,6 +159,7 @@ impl Sources {
         socket_dir: PathBuf,
         limits: SpecLimits,
         max_response_bytes: usize,
+        max_in_flight: usize,
     ) -> Result<Self, Vec<String>> {
         let accepted = AcceptedStore::open(data_dir).map_err(|e| vec![e])?;
         let sources = Self(Arc::new(Inner {
@@ -163,8 +168,10 @@ impl Sources {
             accepted,
             limits,
             max_response_bytes,
+            max_in_flight,
             socket_dir,
             live: Default::default(),
+            reloading: Default::default(),
             ids: AtomicU64::new(0),
             initial: Mutex::new(None),
         }));
@@ -192,6 +199,7 @@ impl Sources {
 
     /// Reads the file again. An invalid file (or spec) keeps what runs and returns every error.
     pub async fn reload(&self) -> Result<Value, Vec<String>> {
+        let _turn = self.0.reloading.lock().await;
         let this = self.clone();
         let prepared = tokio::task::spawn_blocking(move || this.prepare())
             .await
@@ -229,10 +237,15 @@ impl Sources {
                 errors.push(at("a hero service of that name exists on this node".to_owned()));
             }
             if let Kind::OpenApi { spec, base } = &def.kind {
-                if let BaseUrl::Unix(socket) = base
-                    && socket.starts_with(&own_dir)
-                {
-                    errors.push(at("base_url is one of the executor's own sockets".to_owned()));
+                // A socket under the socket directory is a hero service's (or the executor's
+                // own): reached as itself, under its own name and rules, never as a source.
+                if let BaseUrl::Unix(socket) = base {
+                    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+                    let parent = socket.parent().map(real).unwrap_or_default();
+                    let within = |dir: &Path| parent.starts_with(real(dir)) || real(socket).starts_with(real(dir));
+                    if within(&self.0.socket_dir) || within(&own_dir) {
+                        errors.push(at("base_url is a socket under the hero socket directory".to_owned()));
+                    }
                 }
                 match read_spec(spec, &self.0.limits).and_then(|(fingerprint, value)| {
                     openapi::convert(def, &value).map(|converted| (fingerprint, converted))
@@ -271,12 +284,23 @@ impl Sources {
         }
         for def in prepared.defs {
             let name = def.name.clone();
-            let same = live.get(&name).is_some_and(|l| l.def == def);
+            // Where it stands in the file is not part of what it is.
+            let same = live.get(&name).is_some_and(|l| {
+                l.def
+                    == SourceDef {
+                        line: l.def.line,
+                        ..def.clone()
+                    }
+            });
             match &def.kind {
                 Kind::OpenApi { base, .. } => {
                     let target = match (same, live.get(&name).map(|l| &l.target)) {
                         (true, Some(Target::OpenApi(t))) => Ok(t.clone()),
-                        _ => HttpTarget::new(&def, base, self.0.max_response_bytes).map(Arc::new),
+                        (_, Some(Target::Mcp(old))) => {
+                            old.stop(); // was an MCP source under this name
+                            HttpTarget::new(&def, base, self.0.max_response_bytes, self.0.max_in_flight).map(Arc::new)
+                        }
+                        _ => HttpTarget::new(&def, base, self.0.max_response_bytes, self.0.max_in_flight).map(Arc::new),
                     };
                     let input = prepared.specs.remove(&name);
                     let target = match target {
@@ -314,9 +338,10 @@ impl Sources {
                     let source = name.clone();
                     let on_tools: mcp::OnTools = Arc::new(move |tools| {
                         let (this, source) = (this.clone(), source.clone());
-                        tokio::spawn(async move { this.tools_arrived(&source, id, tools).await });
+                        Box::pin(async move { this.tools_arrived(&source, id, tools).await })
                     });
-                    let target = McpTarget::start(def.clone(), self.0.max_response_bytes, on_tools);
+                    let (cap, in_flight) = (self.0.max_response_bytes, self.0.max_in_flight);
+                    let target = McpTarget::start(def.clone(), cap, in_flight, on_tools);
                     let state = State {
                         error: Some("connecting".to_owned()),
                         ..State::default()
@@ -426,14 +451,16 @@ impl Sources {
                 first
             }
         };
-        let pending: Vec<String> = match accepted.fingerprint == fingerprint {
-            true => Vec::new(),
-            false => digests
-                .iter()
-                .filter(|(op, digest)| accepted.operations.get(*op) != Some(*digest))
-                .map(|(op, _)| op.clone())
-                .collect(),
-        };
+        // Compared operation by operation even when the fingerprint is the accepted one: an
+        // operation skipped then (and served now) was never accepted.
+        let pending: Vec<String> = digests
+            .iter()
+            .filter(|(op, digest)| accepted.operations.get(*op) != Some(*digest))
+            .map(|(op, _)| op.clone())
+            .collect();
+        for name in def.overrides.keys().filter(|n| !digests.contains_key(*n)) {
+            warnings.push(format!("[source.operations.{name}] names no operation of this source"));
+        }
         let operations: BTreeMap<String, Operation> = match input {
             Input::OpenApi { converted, .. } => converted
                 .operations
@@ -446,7 +473,7 @@ impl Sources {
             let Some(cap) = Arc::get_mut(cap) else {
                 return Err("internal: a capability is shared before it is published".to_owned());
             };
-            cap.route = match &entry.target {
+            let route = match &entry.target {
                 Target::OpenApi(target) => operations.get(method).map(|op| Route::Http {
                     target: target.clone(),
                     op: op.clone(),
@@ -455,8 +482,10 @@ impl Sources {
                     target: target.clone(),
                     tool: tool.clone(),
                 }),
-            }
-            .map(Arc::new);
+            };
+            // Never a capability without its route: the forwarder would take it for a hero one.
+            let route = route.ok_or_else(|| format!("internal: {method} has no route"))?;
+            cap.route = Some(Arc::new(route));
             cap.timeout = def.timeout;
             cap.pending = pending.contains(method);
         }
@@ -534,19 +563,25 @@ impl Sources {
     }
 
     /// `sources.accept`: what the source serves now becomes what is accepted.
-    pub async fn accept(&self, name: &str, by: &str) -> Result<Value, ExecError> {
+    pub async fn accept(&self, name: &str, fingerprint: Option<&str>, by: &str) -> Result<Value, ExecError> {
         let mut live = self.0.live.lock().await;
         let entry = live
             .get(name)
             .ok_or_else(|| ExecError::NotFound(format!("no source {name:?}")))?;
-        let Some(fingerprint) = entry.state.fingerprint.clone() else {
+        let Some(current) = entry.state.fingerprint.clone() else {
             return Err(ExecError::Conflict(format!(
                 "source {name} serves nothing yet ({}): nothing to accept",
                 entry.state.error.as_deref().unwrap_or("not read")
             )));
         };
+        // What the admin reviewed must still be what is served.
+        if let Some(reviewed) = fingerprint.filter(|r| *r != current) {
+            return Err(ExecError::Conflict(format!(
+                "source {name} serves {current} now, not {reviewed}: review sources.list again"
+            )));
+        }
         let accepted = Accepted {
-            fingerprint,
+            fingerprint: current,
             operations: entry.state.digests.clone(),
             accepted_at: crate::runs::now_ms(),
             accepted_by: by.to_owned(),
@@ -563,15 +598,18 @@ impl Sources {
 
 /// Reads a spec file (bounded), its fingerprint (sha-256 of the bytes) and its JSON.
 fn read_spec(path: &Path, limits: &SpecLimits) -> Result<(String, Value), String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if meta.len() > limits.max_bytes as u64 {
-        return Err(format!(
-            "{} bytes exceeds the limit of {} bytes",
-            meta.len(),
-            limits.max_bytes
-        ));
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".to_owned());
     }
-    let raw = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    file.take(limits.max_bytes as u64 + 1)
+        .read_to_string(&mut raw)
+        .map_err(|e| e.to_string())?;
+    if raw.len() > limits.max_bytes {
+        return Err(format!("the spec exceeds the limit of {} bytes", limits.max_bytes));
+    }
     let fingerprint = hex::encode(Sha256::digest(raw.as_bytes()));
     Ok((fingerprint, openapi::parse_text(&raw)?))
 }

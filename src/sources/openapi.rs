@@ -9,6 +9,7 @@
 //! draft 4 with `nullable`, which becomes a `"null"` type; 3.1 schemas are 2020-12.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -25,6 +26,28 @@ const EXCERPT_BYTES: usize = 1024;
 
 /// Deepest chain of `$ref`s followed to reach a parameter, body or response.
 const MAX_REF_DEPTH: usize = 16;
+
+/// Headers a caller never sets through a header parameter: the executor's own, framing,
+/// hop-by-hop, and credentials.
+const RESERVED_HEADERS: &[&str] = &[
+    "accept",
+    "content-type",
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-connection",
+    "cookie",
+    "traceparent",
+    "tracestate",
+    "expect",
+];
 
 /// Where an operation parameter goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,9 +199,7 @@ fn operation(
             "path" => Location::Path,
             "query" => Location::Query,
             // Set by the executor itself, never by a caller (OpenAPI ignores them too).
-            "header" if ["accept", "content-type", "authorization"].contains(&pname.to_lowercase().as_str()) => {
-                continue;
-            }
+            "header" if RESERVED_HEADERS.contains(&pname.to_lowercase().as_str()) => continue,
             "header" => Location::Header,
             _ if !required => continue,
             other => {
@@ -202,7 +223,8 @@ fn operation(
         if v30 {
             nullable_to_type(&mut schema);
         }
-        let mut descriptor = json!({"name": pname, "required": required, "schema": schema});
+        // Where it goes is part of what an admin accepts (a digest of the method).
+        let mut descriptor = json!({"name": pname, "required": required, "schema": schema, "x-hero-in": place});
         if let Some(text) = p.get("description") {
             descriptor["description"] = text.clone();
         }
@@ -331,7 +353,9 @@ fn json_content(holder: &Value) -> Option<&Value> {
 fn nullable_to_type(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            if map.remove("nullable") == Some(Value::Bool(true)) {
+            // Only a boolean `nullable` is the keyword (a property may be named so).
+            let keyword = matches!(map.get("nullable"), Some(Value::Bool(_)));
+            if keyword && map.remove("nullable") == Some(Value::Bool(true)) {
                 match map.get_mut("type") {
                     Some(Value::String(t)) => {
                         let t = t.clone();
@@ -362,10 +386,17 @@ pub struct HttpTarget {
     base: reqwest::Url,
     auth: Option<Auth>,
     max_response_bytes: usize,
+    /// Calls in flight to this source, like a hero target's (`--max-per-target`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpTarget {
-    pub fn new(def: &SourceDef, base: &BaseUrl, max_response_bytes: usize) -> Result<Self, String> {
+    pub fn new(
+        def: &SourceDef,
+        base: &BaseUrl,
+        max_response_bytes: usize,
+        max_in_flight: usize,
+    ) -> Result<Self, String> {
         crate::telemetry::install_crypto_provider();
         let builder = reqwest::Client::builder()
             .no_proxy()
@@ -404,6 +435,7 @@ impl HttpTarget {
             base,
             auth: def.auth.clone(),
             max_response_bytes,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
         })
     }
 
@@ -415,6 +447,17 @@ impl HttpTarget {
         extra: &HeaderMap,
         timeout: Duration,
     ) -> Result<Box<RawValue>, ExecError> {
+        let started = std::time::Instant::now();
+        let _slot = tokio::time::timeout(timeout, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| ExecError::TargetTimeout(format!("{} has too many calls in flight", self.source)))?
+            .map_err(|_| ExecError::Internal("source limiter closed".into()))?;
+        let timeout = timeout.saturating_sub(started.elapsed());
+        // A caller's query parameter never stands beside (or before) the credential's.
+        let credential_query = match &self.auth {
+            Some(Auth::Query { name, .. }) => Some(name.as_str()),
+            _ => None,
+        };
         let empty = Map::new();
         let params = params.and_then(Value::as_object).unwrap_or(&empty);
         let mut redactor = Redactor::default();
@@ -426,6 +469,11 @@ impl HttpTarget {
             };
             match location {
                 Location::Path => {}
+                Location::Query if credential_query == Some(wire.as_str()) => {
+                    return Err(ExecError::invalid_params(format!(
+                        "{wire} carries the source's credential; it is not a parameter"
+                    )));
+                }
                 Location::Query => {
                     let mut pairs = url.query_pairs_mut();
                     let values = match value {
@@ -465,15 +513,22 @@ impl HttpTarget {
         let status = response.status();
         let body = self.read(response, &redactor).await?;
         if !status.is_success() {
-            let cut = body.len().min(EXCERPT_BYTES);
-            let excerpt = redactor.text(&String::from_utf8_lossy(&body[..cut]));
+            // Redacted whole (as JSON when it is JSON, so escaped forms are found), then cut.
+            let text = match serde_json::from_slice::<Value>(&body) {
+                Ok(mut value) => {
+                    redactor.value(&mut value);
+                    value.to_string()
+                }
+                Err(_) => String::from_utf8_lossy(&body).into_owned(),
+            };
+            let (excerpt, truncated) = redactor.excerpt(&text, EXCERPT_BYTES);
             return Err(ExecError::Target {
                 code: code::TARGET_ERROR,
                 message: format!("{}: HTTP {status}", self.source),
                 data: Some(Box::new(json!({
                     "status": status.as_u16(),
                     "body": excerpt,
-                    "truncated": body.len() > cut,
+                    "truncated": truncated,
                 }))),
             });
         }
@@ -503,13 +558,19 @@ impl HttpTarget {
                             ExecError::invalid_params(format!("{key} is required (a path parameter)"))
                         })?;
                         let text = scalar(value);
-                        if text.is_empty() || text == "." || text == ".." {
+                        // Escaped or not, a slash or a dot segment could be decoded and resolved
+                        // by the server (or a proxy before it) into another operation's path.
+                        if text.is_empty() || text.contains(['/', '\\']) || is_dots(&text) {
                             return Err(ExecError::invalid_params(format!(
-                                "{key}: {text:?} is not a path segment"
+                                "{key}: a path parameter is one segment (no /, \\, . or ..)"
                             )));
                         }
                         expanded = expanded.replace(&pattern, &text);
                     }
+                }
+                let lower = expanded.to_ascii_lowercase();
+                if is_dots(&expanded) || lower.contains("%2f") || lower.contains("%5c") {
+                    return Err(ExecError::invalid_params(format!("{}: not a path segment", op.name)));
                 }
                 // `push` escapes `/`, `?`, `#` and `%`: a value stays one segment.
                 segments.push(&expanded);
@@ -555,6 +616,7 @@ impl HttpTarget {
                 use base64::Engine;
                 let (user, pass) = (resolve(username)?, resolve(password)?);
                 let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                redactor.add(&user);
                 redactor.add(&pass);
                 redactor.add(&encoded);
                 headers.insert(http::header::AUTHORIZATION, header(format!("Basic {encoded}"))?);
@@ -615,6 +677,12 @@ pub fn redact_answer(value: &mut Value, redactor: &Redactor) -> Result<Box<RawVa
         )));
     }
     RawValue::from_string(text).map_err(|e| ExecError::Internal(e.to_string()))
+}
+
+/// `.` or `..` (also percent-encoded), which a server would resolve away.
+fn is_dots(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
 }
 
 /// A param as text: strings as they are, other values as JSON.
@@ -739,7 +807,7 @@ components:
             ],
             body: None,
         };
-        let params = json!({"id": "a b/c", "q": ["1", "2"]});
+        let params = json!({"id": "a b?c", "q": ["1", "2"]});
         let auths = [
             (
                 Auth::Bearer {
@@ -774,7 +842,7 @@ components:
                 auth: Some(auth),
                 ..def()
             };
-            let target = HttpTarget::new(&def, &BaseUrl::Unix(socket.clone()), 1024).unwrap();
+            let target = HttpTarget::new(&def, &BaseUrl::Unix(socket.clone()), 1024, 4).unwrap();
             let answer = target
                 .call(&op, Some(&params), &HeaderMap::new(), Duration::from_secs(5))
                 .await
@@ -784,16 +852,29 @@ components:
             assert!(!text.contains(value), "{text}");
             let answer: Value = serde_json::from_str(text).unwrap();
             assert!(
-                answer["uri"].as_str().unwrap().starts_with("/items/a%20b%2Fc?q=1&q=2"),
+                answer["uri"].as_str().unwrap().starts_with("/items/a%20b%3Fc?q=1&q=2"),
                 "{answer}"
             );
+        }
+        for bad in ["../admin", "a/b", "..", "%2e%2e", "a\\b", ""] {
+            let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024, 4).unwrap();
+            let error = target
+                .call(
+                    &op,
+                    Some(&json!({"id": bad})),
+                    &HeaderMap::new(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), -32602, "{bad:?}: {error}");
         }
         let big = Operation {
             path: "/big".into(),
             params: Vec::new(),
             ..op
         };
-        let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024).unwrap();
+        let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024, 4).unwrap();
         let error = target
             .call(&big, None, &HeaderMap::new(), Duration::from_secs(5))
             .await

@@ -88,14 +88,58 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    /// Remembers a value to redact (and the forms a target may echo it in).
+    /// Remembers a value to redact, and the forms a target may echo it in as text: JSON
+    /// escaped (`\"`, `\u…`), and with `/` escaped as `\/` (PHP's default).
     pub fn add(&mut self, value: &str) {
-        if value.is_empty() || self.values.iter().any(|v| v == value) {
+        if value.is_empty() {
             return;
         }
-        self.values.push(value.to_owned());
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        let escaped = escaped
+            .get(1..escaped.len().saturating_sub(1))
+            .unwrap_or_default()
+            .to_owned();
+        let slashed = escaped.replace('/', "\\/");
+        for form in [value.to_owned(), escaped, slashed] {
+            if !form.is_empty() && !self.values.contains(&form) {
+                self.values.push(form);
+            }
+        }
         // Longest first: a value that contains another is replaced whole.
         self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    /// Adds every value of `other`.
+    pub fn extend(&mut self, other: &Redactor) {
+        for value in &other.values {
+            if !self.values.contains(value) {
+                self.values.push(value.clone());
+            }
+        }
+        self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    /// `text` redacted whole, then cut to at most `max` bytes (on a character boundary),
+    /// with no trailing start of a secret left at the cut.
+    pub fn excerpt(&self, text: &str, max: usize) -> (String, bool) {
+        let redacted = self.text(text);
+        if redacted.len() <= max {
+            return (redacted, false);
+        }
+        let mut end = max;
+        while !redacted.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut cut = &redacted[..end];
+        for value in &self.values {
+            for len in (1..value.len().min(cut.len() + 1)).rev() {
+                if value.is_char_boundary(len) && cut.ends_with(&value[..len]) {
+                    cut = &cut[..cut.len() - len];
+                    break;
+                }
+            }
+        }
+        (cut.to_owned(), true)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -186,5 +230,22 @@ mod tests {
             json!({"a": "Bearer [redacted]", "[redacted]": ["x [redacted] y", 1]})
         );
         assert!(!r.finds(&v.to_string()));
+    }
+
+    #[test]
+    fn escaped_forms_and_cut_excerpts_do_not_leak() {
+        let mut r = Redactor::default();
+        r.add("ab/cd\"ef");
+        assert_eq!(r.text(r#"x ab\/cd\"ef y"#), "x [redacted] y");
+        assert_eq!(r.text(r#"ab/cd\"ef"#), "[redacted]");
+        let mut r = Redactor::default();
+        r.add("SECRET-TOKEN");
+        // However the text is padded, no prefix of the secret survives the cut.
+        for pad in 0..20 {
+            let text = format!("{}SECRET-TOKEN tail", "p".repeat(pad));
+            let (cut, truncated) = r.excerpt(&text, 12);
+            assert!(truncated);
+            assert!(!cut.contains("SECRET") && !cut.ends_with('S'), "{pad}: {cut}");
+        }
     }
 }

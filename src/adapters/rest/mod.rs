@@ -310,12 +310,22 @@ async fn sources_list(State(state): State<AppState>, caller: Option<Extension<Ca
     call(&state, caller, Command::SourcesList).await
 }
 
+/// `POST /api/v1/sources/{name}/accept`'s optional body.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    /// The fingerprint the admin reviewed (`GET /api/v1/sources`): refused (409) if the
+    /// source serves another one now.
+    fingerprint: Option<String>,
+}
+
 /// Accept what a source serves now (needs `executor.admin`): its new operations become callable.
 #[utoipa::path(
     post,
     path = "/api/v1/sources/{name}/accept",
     tag = "sources",
     params(("name" = String, Path, description = "The source")),
+    request_body(content = Option<AcceptBody>, description = "Optional: the fingerprint reviewed"),
     responses(
         (status = 200, description = "The source, as `sources.list` shows it", body = Object),
         (status = 403, description = "Missing the executor.admin claim", body = Problem, content_type = "application/problem+json"),
@@ -327,8 +337,13 @@ async fn sources_accept(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path(name): Path<String>,
+    body: Bytes,
 ) -> Response {
-    call(&state, caller, Command::SourcesAccept(SourceRef { name })).await
+    let fingerprint = match typed_body::<AcceptBody>(&body, "sources.accept") {
+        Ok(body) => body.fingerprint,
+        Err(error) => return problem(&error),
+    };
+    call(&state, caller, Command::SourcesAccept(SourceRef { name, fingerprint })).await
 }
 
 /// Reload the sources file (needs `executor.admin`); an invalid file keeps the running sources.
@@ -373,7 +388,7 @@ async fn sources_reload(State(state): State<AppState>, caller: Option<Extension<
         sources_reload,
         events::stream
     ),
-    components(schemas(Problem, ParamError, NewKeyBody))
+    components(schemas(Problem, ParamError, NewKeyBody, AcceptBody))
 )]
 pub struct ApiDoc;
 
