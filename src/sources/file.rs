@@ -188,7 +188,7 @@ pub fn parse(text: &str, source: &str, dir: &Path) -> Result<Vec<SourceDef>, Vec
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| errors.line_of(s.start)).unwrap_or(1);
-        vec![format!("{source}:{line}: {}", e.message())]
+        vec![format!("{source}:{line}: {}", without_values(e.message()))]
     })?;
     let mut defs: Vec<SourceDef> = Vec::new();
     for entry in &raw.source {
@@ -350,6 +350,17 @@ fn check(raw: &RawSource, line: usize, dir: &Path, errors: &mut Errors<'_>) -> O
         timeout,
         overrides,
     })
+}
+
+/// A TOML error message without the values it quotes (`invalid type: integer \`1234\``): a
+/// value in the wrong place may be a secret written where a reference belongs.
+fn without_values(message: &str) -> String {
+    let parts: Vec<&str> = message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
+        .collect();
+    parts.join("`")
 }
 
 /// `http(s)://host[:port][/prefix]` or `unix:/path.sock`: no credentials, query or fragment.
@@ -542,6 +553,13 @@ auth = { type = "bearer", token = "hunter2" }
             !joined.contains("hunter2") && !joined.contains("pw@"),
             "no value is echoed: {joined}"
         );
+        let typed = parse(
+            "[[source]]\nname = \"a\"\nkind = \"openapi\"\nspec = 98765432\n",
+            "s.toml",
+            Path::new("/"),
+        );
+        let typed = typed.unwrap_err().join("\n");
+        assert!(typed.starts_with("s.toml:4:") && !typed.contains("98765432"), "{typed}");
         let unknown = parse(
             "[[source]]\nname = \"a\"\nkind = \"x\"\nbogus = 1\n",
             "s.toml",
