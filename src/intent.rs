@@ -214,6 +214,10 @@ pub struct Intent {
     pub params: Option<Value>,
     pub surface: Surface,
     pub idempotency_key: Option<String>,
+    /// The run this call is part of (a script's), recorded as the call's `parent_id`.
+    pub parent_id: Option<String>,
+    /// The id its run is recorded under, when the caller chose it (a script, to know it).
+    pub run_id: Option<String>,
 }
 
 /// The result of an intent: the target's result exactly as it sent it, or why there is none

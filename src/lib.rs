@@ -57,6 +57,7 @@ pub mod mcp_bridge;
 pub mod metrics;
 pub mod policy;
 pub mod runs;
+pub mod script;
 pub mod server;
 pub mod sources;
 pub mod telemetry;

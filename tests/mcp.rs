@@ -59,11 +59,20 @@ async fn meta_tools_search_describe_execute_and_approvals() {
     assert_eq!(info.server_info.as_ref().unwrap().name, "hero_executor");
     assert_eq!(
         tool_names(&agent).await,
-        ["describe", "execute", "run_status", "search"]
+        ["describe", "execute", "interface", "run_script", "run_status", "search"]
     );
     assert_eq!(
         tool_names(&ops).await,
-        ["approve", "describe", "execute", "reject", "run_status", "search"],
+        [
+            "approve",
+            "describe",
+            "execute",
+            "interface",
+            "reject",
+            "run_script",
+            "run_status",
+            "search"
+        ],
         "approvers see approve/reject"
     );
     let tools = agent.peer().list_all_tools().await.unwrap();
@@ -298,7 +307,7 @@ async fn the_stdio_bridge_signs_and_forwards() {
     let client = ().serve((stdout, stdin)).await.unwrap();
     assert_eq!(
         tool_names(&client).await,
-        ["describe", "execute", "run_status", "search"]
+        ["describe", "execute", "interface", "run_script", "run_status", "search"]
     );
     let mut params = CallToolRequestParams::new("execute");
     params.arguments = json!({"capability": "echo.whoami"}).as_object().cloned();

@@ -93,6 +93,7 @@ async fn every_documented_method_answers() {
         "policy.explain" => json!({"capability": "echo.echo"}),
         "keys.add" => json!({"keyid": "k1", "public_key": public_key, "claims": ["agent"]}),
         "keys.revoke" => json!({"keyid": "k1"}),
+        "script.run" => json!({"source": "echo::echo(#{message: \"m\"}).ok"}),
         _ => json!({}),
     };
     // These need a run held for approval (or a source) to succeed; here they must exist and

@@ -363,6 +363,13 @@ pub enum Command {
         #[command(flatten)]
         auth: SigningArgs,
     },
+    /// Run agent scripts (Rhai): many calls in one go, each decided and recorded
+    Script {
+        #[command(subcommand)]
+        action: ScriptAction,
+        #[command(flatten)]
+        auth: SigningArgs,
+    },
     /// List, accept and reload the sources beyond hero_* (needs executor.admin)
     Sources {
         #[command(subcommand)]
@@ -514,6 +521,31 @@ pub enum PolicyAction {
     },
     /// Reload the daemon's policy file (an invalid file keeps the running policy)
     Reload,
+}
+
+/// `hero_executor script ...`
+#[derive(Debug, Subcommand)]
+pub enum ScriptAction {
+    /// Run a script file (`-` reads stdin) and print its result
+    Run {
+        file: PathBuf,
+        /// JSON bound to `args` in the script
+        #[arg(long)]
+        args: Option<String>,
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Run again with the same key once a held call is approved: calls already made
+        /// are answered from their runs
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Print the interface scripts call (what you may run), in rhai, typescript or python
+    Interface {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        language: Option<String>,
+    },
 }
 
 /// `hero_executor sources ...`

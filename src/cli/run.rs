@@ -10,7 +10,7 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{CatalogAction, Command, KeysAction, PolicyAction, RunsAction, SigningArgs, SourcesAction};
+use super::{CatalogAction, Command, KeysAction, PolicyAction, RunsAction, ScriptAction, SigningArgs, SourcesAction};
 use crate::client::{Client, ClientError, Signer, hero_headers};
 use crate::identity::signature::{private_key_pem, public_key_pem};
 
@@ -76,6 +76,7 @@ pub async fn run(command: &Command, socket_dir: &Path) -> Result<(), Failed> {
         Command::Runs { action, auth } => runs(&client(&rpc_sock, auth).await?, action).await,
         Command::Policy { action, auth } => policy(&client(&rpc_sock, auth).await?, action).await,
         Command::Sources { action, auth } => sources(&client(&rpc_sock, auth).await?, action).await,
+        Command::Script { action, auth } => script(&client(&rpc_sock, auth).await?, action).await,
         Command::Call {
             capability,
             params,
@@ -134,6 +135,68 @@ async fn keys(client: &Client, action: &KeysAction) -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+async fn script(client: &Client, action: &ScriptAction) -> Result<(), Failed> {
+    let (method, params) = match action {
+        ScriptAction::Run {
+            file,
+            args,
+            timeout_ms,
+            idempotency_key,
+        } => {
+            let source = match file.to_str() {
+                Some("-") => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text).map(|_| text)
+                }
+                _ => std::fs::read_to_string(file),
+            }
+            .map_err(|e| Failed {
+                code: exit::OTHER,
+                message: format!("cannot read {}: {e}", file.display()),
+            })?;
+            let args = args
+                .as_deref()
+                .map(serde_json::from_str::<Value>)
+                .transpose()
+                .map_err(|e| Failed {
+                    code: exit::INVALID,
+                    message: format!("--args is not JSON: {e}"),
+                })?;
+            let params =
+                json!({"source": source, "args": args, "timeout_ms": timeout_ms, "idempotency_key": idempotency_key});
+            ("script.run", crate::jsonrpc::without_nulls(params))
+        }
+        ScriptAction::Interface { service, language } => (
+            "catalog.interface",
+            crate::jsonrpc::without_nulls(json!({"service": service, "language": language})),
+        ),
+    };
+    let value = client.rpc(method, params, HeaderMap::new()).await.map_err(show)?;
+    if let ScriptAction::Interface { .. } = action {
+        print!("{}", value["interface"].as_str().unwrap_or_default());
+        return Ok(());
+    }
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    // A script that did not succeed says so in the exit code, as a call would.
+    match value["status"].as_str() {
+        Some("awaiting_approval") => Err(Failed {
+            code: exit::HELD,
+            message: format!(
+                "held for approval: run {}",
+                value["held_run_id"].as_str().unwrap_or("?")
+            ),
+        }),
+        Some("failed") => Err(Failed {
+            code: exit::INVALID,
+            message: format!(
+                "the script failed: {}",
+                value["error"]["message"].as_str().unwrap_or("?")
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 async fn sources(client: &Client, action: &SourcesAction) -> Result<(), Failed> {

@@ -27,6 +27,37 @@ pub struct CatalogSearch {
     pub limit: Option<usize>,
 }
 
+/// `catalog.interface`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogInterface {
+    pub service: Option<String>,
+    /// `rhai` (default), `typescript`, `python`.
+    pub language: Option<String>,
+}
+
+pub(super) fn interface(d: &Dispatcher, caller: &Caller, p: CatalogInterface) -> Result<Value, ExecError> {
+    use crate::script::interface::{Language, render};
+    check_service(p.service.as_deref())?;
+    let language = match p.language.as_deref() {
+        None => Language::Rhai,
+        Some(text) => Language::parse(text).ok_or_else(|| {
+            ExecError::invalid_params(format!(
+                "catalog.interface: unknown language {text:?} (rhai, typescript, python)"
+            ))
+        })?,
+    };
+    let snapshot = d.catalog().snapshot();
+    let visible = d.visible(caller, &snapshot);
+    let caps: Vec<&crate::catalog::Capability> = snapshot
+        .capabilities()
+        .filter(|c| p.service.as_deref().is_none_or(|s| s == c.service) && visible.contains(c))
+        .map(|c| c.as_ref())
+        .collect();
+    let text = render(&caps, language);
+    Ok(json!({"language": p.language.as_deref().unwrap_or("rhai"), "capabilities": caps.len(), "interface": text}))
+}
+
 pub(super) fn list(d: &Dispatcher, caller: &Caller, p: CatalogList) -> Result<Value, ExecError> {
     check_service(p.service.as_deref())?;
     let snapshot = d.catalog().snapshot();

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 
 pub use crate::identity::registry::NewKey;
 pub use admin::{Explain, KeyRef, SourceRef};
-pub use catalog::{CatalogList, CatalogSearch};
+pub use catalog::{CatalogInterface, CatalogList, CatalogSearch};
 pub use runs::{Approve, Reject, RunRef, RunsList, RunsPrune, RunsWait, list_filter};
 
 use crate::access;
@@ -39,6 +39,8 @@ pub const METHODS: &[&str] = &[
     "catalog.describe",
     "catalog.refresh",
     "catalog.openrpc",
+    "catalog.interface",
+    "script.run",
     "runs.list",
     "runs.get",
     "runs.wait",
@@ -70,6 +72,8 @@ pub enum Command {
     CatalogDescribe(Describe),
     CatalogRefresh,
     CatalogOpenrpc,
+    CatalogInterface(CatalogInterface),
+    ScriptRun(crate::script::ScriptRun),
     RunsList(RunsList),
     RunsGet(RunRef),
     RunsWait(RunsWait),
@@ -137,6 +141,8 @@ impl Command {
             "catalog.describe" => Self::CatalogDescribe(parse(method, params)?),
             "catalog.refresh" => none(Self::CatalogRefresh)?,
             "catalog.openrpc" => none(Self::CatalogOpenrpc)?,
+            "catalog.interface" => Self::CatalogInterface(parse(method, params)?),
+            "script.run" => Self::ScriptRun(parse(method, params)?),
             "runs.list" => Self::RunsList(parse(method, params)?),
             "runs.get" => Self::RunsGet(parse(method, params)?),
             "runs.wait" => Self::RunsWait(parse(method, params)?),
@@ -220,6 +226,8 @@ impl Command {
             Self::CatalogDescribe(p) => catalog::describe(d, caller, p)?,
             Self::CatalogRefresh => serde_json::to_value(d.catalog().refresh().await).unwrap_or_default(),
             Self::CatalogOpenrpc => catalog::openrpc(d, caller),
+            Self::CatalogInterface(p) => catalog::interface(d, caller, p)?,
+            Self::ScriptRun(p) => crate::script::run(d, caller, surface, p).await?,
             Self::RunsList(p) => runs::list(d, caller, p).await?,
             Self::RunsGet(p) => access::view(caller, &d.visible_run(caller, &p.run_id).await?),
             Self::RunsWait(p) => runs::wait(d, caller, p).await?,
@@ -253,6 +261,8 @@ impl Command {
             Self::CatalogDescribe(_) => "catalog.describe",
             Self::CatalogRefresh => "catalog.refresh",
             Self::CatalogOpenrpc => "catalog.openrpc",
+            Self::CatalogInterface(_) => "catalog.interface",
+            Self::ScriptRun(_) => "script.run",
             Self::RunsList(_) => "runs.list",
             Self::RunsGet(_) => "runs.get",
             Self::RunsWait(_) => "runs.wait",
@@ -300,6 +310,8 @@ async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, e: Execute) -> O
         params: e.params.filter(|p| !p.is_null()),
         surface,
         idempotency_key: e.idempotency_key,
+        parent_id: None,
+        run_id: None,
     };
     let outcome = d.execute(intent).await;
     if !e.by_method {

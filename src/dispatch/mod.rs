@@ -32,6 +32,7 @@ use crate::telemetry::{Telemetry, Traced};
 use crate::upstream::Upstream;
 use forward::Forwarder;
 pub use forward::valid_traceparent;
+pub(crate) use record::claims_list;
 
 pub use visibility::{VisibilityCache, Visible};
 
@@ -66,6 +67,9 @@ pub struct Dispatcher {
     config: CoreConfig,
     /// Sources beyond hero_* (`--sources`), when declared.
     sources: Option<crate::sources::Sources>,
+    /// What a script may cost, and the scripts that may run at once.
+    script_limits: crate::script::ScriptLimits,
+    script_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Params larger than this (as JSON text) are validated on a blocking thread.
@@ -104,6 +108,10 @@ impl Dispatcher {
             validations: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_VALIDATIONS)),
             config,
             sources: None,
+            script_limits: Default::default(),
+            script_slots: Arc::new(tokio::sync::Semaphore::new(
+                crate::script::ScriptLimits::default().max_concurrent,
+            )),
         }
     }
 
@@ -139,6 +147,28 @@ impl Dispatcher {
     pub fn with_sources(mut self, sources: crate::sources::Sources) -> Self {
         self.sources = Some(sources);
         self
+    }
+
+    /// Bounds scripts (`script.run`) by `limits`.
+    pub fn with_script_limits(mut self, limits: crate::script::ScriptLimits) -> Self {
+        self.script_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
+        self.script_limits = limits;
+        self
+    }
+
+    /// What a script may cost.
+    pub fn script_limits(&self) -> crate::script::ScriptLimits {
+        self.script_limits
+    }
+
+    /// Turns of the scripts running at once.
+    pub fn script_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.script_slots.clone()
+    }
+
+    /// Params and results larger than this are not stored on a run.
+    pub fn payload_cap(&self) -> usize {
+        self.config.payload_cap
     }
 
     /// The sources beyond hero_*, when a sources file is in use.

@@ -63,11 +63,14 @@ fn canonical(value: &Value, hasher: &mut Sha256) {
 pub(super) fn new_run(intent: &Intent, explanation: &Explanation, input: Input, cap: usize) -> Run {
     let caller = &intent.caller;
     let stored = input.text.len() <= cap;
-    let id = uuid::Uuid::now_v7().to_string();
+    let id = intent
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     tracing::Span::current().record("run_id", tracing::field::display(&id));
     Run {
         id,
-        parent_id: None,
+        parent_id: intent.parent_id.clone(),
         replay_of: None,
         name: intent.capability.to_string(),
         surface: intent.surface,
@@ -100,7 +103,7 @@ pub(super) fn new_run(intent: &Intent, explanation: &Explanation, input: Input, 
 }
 
 /// Claims as a run records them (`["*"]` for full trust).
-pub(super) fn claims_list(claims: &Claims) -> Vec<String> {
+pub(crate) fn claims_list(claims: &Claims) -> Vec<String> {
     match claims {
         Claims::All => vec!["*".to_owned()],
         Claims::Only(set) => set.iter().cloned().collect(),

@@ -264,6 +264,16 @@ fn meta_command(tool: &str, args: Value) -> Result<Command, ExecError> {
             idempotency_key: text("idempotency_key"),
             ..Execute::new(required("capability")?, args.get("params").cloned())
         }),
+        "interface" => Command::CatalogInterface(crate::command::CatalogInterface {
+            service: text("service"),
+            language: text("language"),
+        }),
+        "run_script" => Command::ScriptRun(crate::script::ScriptRun {
+            source: required("source")?,
+            args: args.get("args").cloned(),
+            timeout_ms: args.get("timeout_ms").and_then(Value::as_u64),
+            idempotency_key: text("idempotency_key"),
+        }),
         other => return status_command(other, &args).unwrap_or_else(|| Err(no_tool(other))),
     })
 }
@@ -375,7 +385,8 @@ fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
         Tool::new(
             "search",
             "Find capabilities (service methods) you may run, by words in their name or description. \
-             Start here when you do not know the exact capability name.",
+             Start here when you do not know the exact capability name. To make many calls in one go, \
+             read `interface` and write a script for `run_script`.",
             schema(json!({"type": "object", "properties": {
                 "query": {"type": "string", "description": "words to look for, e.g. 'book search'"},
                 "limit": {"type": "integer", "minimum": 1, "maximum": 200, "description": "at most this many (default 10)"}},
@@ -390,7 +401,31 @@ fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
                 "capability": {"type": "string", "description": "<service>.<method>, as returned by search"}},
                 "required": ["capability"]})),
         )
+        .with_annotations(read.clone()),
+        Tool::new(
+            "interface",
+            "Every capability you may run as one line each (function, typed params, result, description, \
+             intent), in Rhai (default), typescript or python syntax: what a run_script script calls.",
+            schema(json!({"type": "object", "properties": {
+                "service": {"type": "string", "description": "only this service"},
+                "language": {"enum": ["rhai", "typescript", "python"]}}})),
+        )
         .with_annotations(read),
+        Tool::new(
+            "run_script",
+            "Run a Rhai script that makes many calls in one go, as you (every call is decided by policy and \
+             recorded as a run). Call capabilities as svc::method(#{...}) or invoke(\"svc.method\", #{...}); each \
+             returns #{ok, result, run_id} or #{ok: false, error, run_id}. A call held for approval ends the \
+             script with status awaiting_approval; run it again with the same idempotency_key once approved. \
+             `args` holds the args given; print() output is returned.",
+            schema(json!({"type": "object", "properties": {
+                "source": {"type": "string", "description": "the Rhai script; its last expression is its value"},
+                "args": {"description": "any JSON, bound to `args` in the script"},
+                "timeout_ms": {"type": "integer", "minimum": 1},
+                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200}},
+                "required": ["source"]})),
+        )
+        .with_annotations(ToolAnnotations::new().destructive(true).open_world(true)),
         Tool::new(
             "execute",
             format!(

@@ -42,6 +42,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/policy", get(runs::policy))
         .route("/api/v1/policy/explain", post(runs::explain))
+        .route("/api/v1/scripts/run", post(script_run))
+        .route("/api/v1/interface", get(interface))
         .route("/api/v1/sources", get(sources_list))
         .route("/api/v1/sources/reload", post(sources_reload))
         .route("/api/v1/sources/{name}/accept", post(sources_accept))
@@ -310,6 +312,56 @@ async fn sources_list(State(state): State<AppState>, caller: Option<Extension<Ca
     call(&state, caller, Command::SourcesList).await
 }
 
+/// Run a Rhai script as the caller (`script.run`): every call it makes is decided and recorded.
+#[utoipa::path(
+    post,
+    path = "/api/v1/scripts/run",
+    tag = "scripts",
+    request_body(content = Object, description = "`{source, args?, timeout_ms?, idempotency_key?}`"),
+    responses(
+        (status = 200, description = "`{run_id, status, value, error, held_run_id, output, calls, totals}`", body = Object),
+        (status = 422, description = "Not a script.run request (the source too large, unknown fields)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn script_run(State(state): State<AppState>, caller: Option<Extension<Caller>>, body: Bytes) -> Response {
+    match typed_body::<crate::script::ScriptRun>(&body, "script.run") {
+        Ok(request) => call(&state, caller, Command::ScriptRun(request)).await,
+        Err(error) => problem(&error),
+    }
+}
+
+/// `GET /api/v1/interface` query.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct InterfaceQuery {
+    /// Only this service.
+    service: Option<String>,
+    /// `rhai` (default), `typescript`, `python`.
+    language: Option<String>,
+}
+
+/// What the caller may run, one line per capability, for a model's context (`catalog.interface`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/interface",
+    tag = "catalog",
+    params(InterfaceQuery),
+    responses(
+        (status = 200, description = "`{language, capabilities, interface}`", body = Object),
+        (status = 422, description = "Unknown language or invalid service name", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn interface(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    axum::extract::Query(query): axum::extract::Query<InterfaceQuery>,
+) -> Response {
+    let command = Command::CatalogInterface(crate::command::CatalogInterface {
+        service: query.service,
+        language: query.language,
+    });
+    call(&state, caller, command).await
+}
+
 /// `POST /api/v1/sources/{name}/accept`'s optional body.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -383,6 +435,8 @@ async fn sources_reload(State(state): State<AppState>, caller: Option<Extension<
         runs::cancel,
         runs::policy,
         runs::explain,
+        script_run,
+        interface,
         sources_list,
         sources_accept,
         sources_reload,
