@@ -31,6 +31,10 @@
 //! After the table, `o`, `r` and `k` are compared with `b` (the OTLP cost), with what the
 //! collector received and what the executor counted as dropped.
 //!
+//! Then (`--scripts N`, default 200; 0 skips) one client does N rounds of ten `echo.echo`
+//! calls: once as ten separate JSON-RPC calls, once as one `script.run` whose script makes
+//! the ten calls; wall time and executor CPU per round, and their ratio.
+//!
 //! `cargo run --release --example bench -- [--clients 32] [--duration 10] [--configs a,p,b,c,d,e,o,r,k] [--single a,p,b,c] [--out FILE]`
 
 use std::path::{Path, PathBuf};
@@ -55,6 +59,8 @@ struct Args {
     single: Vec<char>,
     /// Idle keep-alive connections held at the end (0: skipped).
     idle: usize,
+    /// Rounds of ten calls, separate and as one script (0: skipped).
+    scripts: usize,
     out: PathBuf,
 }
 
@@ -65,6 +71,7 @@ fn args() -> Result<Args, String> {
         configs: vec!['a', 'p', 'b', 'c', 'd', 'e', 'o', 'r', 'k'],
         single: vec!['a', 'p', 'b', 'c'],
         idle: 10_000,
+        scripts: 200,
         out: PathBuf::from("bench-results/bench.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -78,10 +85,11 @@ fn args() -> Result<Args, String> {
             "--configs" => a.configs = value()?.split(',').filter_map(|c| c.chars().next()).collect(),
             "--single" => a.single = value()?.split(',').filter_map(|c| c.chars().next()).collect(),
             "--idle" => a.idle = value()?.parse().map_err(|e| format!("--idle: {e}"))?,
+            "--scripts" => a.scripts = value()?.parse().map_err(|e| format!("--scripts: {e}"))?,
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
                 return Err(
-                    "bench [--clients C] [--duration SECONDS] [--configs a,p,b,c,d,e,o,r,k] [--single a,p,b,c] [--idle N] [--out FILE]"
+                    "bench [--clients C] [--duration SECONDS] [--configs a,p,b,c,d,e,o,r,k] [--single a,p,b,c] [--idle N] [--scripts N] [--out FILE]"
                         .into(),
                 );
             }
@@ -701,6 +709,85 @@ async fn otlp_dropped(rpc_sock: &Path) -> serde_json::Value {
     json!(dropped)
 }
 
+/// Ten calls as ten JSON-RPC requests vs one `script.run` making them, `rounds` times each,
+/// from one client: wall time and executor CPU per round.
+async fn script_rounds(rounds: usize, s: &Setup) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let data = tempfile::Builder::new()
+        .prefix("data-s-")
+        .tempdir_in(s.tmp.path())?
+        .keep();
+    let mut command = Command::new(binary("hero_executor"));
+    command
+        .arg("--socket-dir")
+        .arg(&s.sockets)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--rate-limit-rps", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let hop = Proc(command.spawn()?);
+    let rpc_sock = s.sockets.join("hero_executor/rpc.sock");
+    wait_for(&rpc_sock).await;
+    let client = hero_executor::client::Client::new(&rpc_sock);
+    let source = "let n = 0; for i in 0..10 { let r = echo::echo(#{message: `m${i}`}); if r.ok { n += 1; } } n";
+    let separate = || async {
+        for i in 0..10 {
+            let r = client
+                .rpc("echo.echo", json!({"message": format!("m{i}")}), HeaderMap::new())
+                .await;
+            assert!(r.is_ok(), "{r:?}");
+        }
+    };
+    let scripted = || async {
+        let r = client
+            .rpc("script.run", json!({"source": source}), HeaderMap::new())
+            .await
+            .expect("script.run");
+        assert_eq!(r["value"], 10, "{r}");
+    };
+    // Warm up both, then measure each.
+    for _ in 0..20 {
+        separate().await;
+        scripted().await;
+    }
+    let pid = hop.0.id();
+    let (cpu, started) = (cpu_seconds(pid), Instant::now());
+    for _ in 0..rounds {
+        separate().await;
+    }
+    let separate_us = started.elapsed().as_secs_f64() / rounds as f64 * 1e6;
+    let separate_cpu = (cpu_seconds(pid) - cpu) / rounds as f64 * 1e6;
+    let (cpu, started) = (cpu_seconds(pid), Instant::now());
+    for _ in 0..rounds {
+        scripted().await;
+    }
+    let script_us = started.elapsed().as_secs_f64() / rounds as f64 * 1e6;
+    let script_cpu = (cpu_seconds(pid) - cpu) / rounds as f64 * 1e6;
+    drop(hop);
+    for socket in [
+        "hero_executor/rpc.sock",
+        "hero_executor/rest.sock",
+        "hero_executor/ui.sock",
+    ] {
+        let _ = std::fs::remove_file(s.sockets.join(socket));
+    }
+    println!();
+    println!("10 calls, one client, {rounds} rounds (executor CPU from /proc):");
+    println!("  10 separate JSON-RPC calls: {separate_us:>8.0} µs per round, {separate_cpu:>8.0} µs executor CPU");
+    println!("  one script.run of 10 calls: {script_us:>8.0} µs per round, {script_cpu:>8.0} µs executor CPU");
+    println!(
+        "  script / separate: {:.2}x wall time, {:.2}x executor CPU",
+        script_us / separate_us,
+        script_cpu / separate_cpu
+    );
+    Ok(json!({
+        "rounds": rounds,
+        "separate_us_per_round": separate_us, "separate_cpu_us_per_round": separate_cpu,
+        "script_us_per_round": script_us, "script_cpu_us_per_round": script_cpu,
+    }))
+}
+
 /// The cost of OTLP export: each `o`, `r` and `k` row against the `b` row measured last
 /// before it at the same concurrency (run `--configs b,o,b,o,b,o` for several pairs: the
 /// machine drifts between runs more than within a pair), and the median of each
@@ -919,6 +1006,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ratios(&mut rows);
     print(&rows, args.duration);
     print_otlp(&rows);
+    let scripts = match args.scripts {
+        0 => None,
+        rounds => Some(script_rounds(rounds, &setup).await?),
+    };
     let idle = match args.idle {
         0 => None,
         // The client ends are here, the server ends in the executor: each process needs n.
@@ -941,8 +1032,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let report =
-        json!({"clients": args.clients, "duration_s": args.duration.as_secs_f64(), "rows": rows, "idle": idle});
+    let report = json!({"clients": args.clients, "duration_s": args.duration.as_secs_f64(), "rows": rows, "idle": idle, "scripts": scripts});
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", args.out.display());
     Ok(())

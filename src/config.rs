@@ -73,6 +73,8 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// Sources file: OpenAPI services and MCP servers as targets (`None`: none).
     pub sources: Option<PathBuf>,
+    /// What one agent script may cost (`script.run`).
+    pub scripts: crate::script::ScriptLimits,
     /// Call timeout, approval expiry, run storage limits.
     pub core: crate::dispatch::CoreConfig,
 }
@@ -99,6 +101,7 @@ impl Config {
             signatures: Default::default(),
             policy: None,
             sources: None,
+            scripts: Default::default(),
             rate_limit: (1000.0, 2000.0),
             max_concurrent: 1024,
             max_concurrent_per_peer: 256,

@@ -217,7 +217,8 @@ impl AppState {
             )
             .with_metrics(metrics.clone())
             .with_telemetry(telemetry.clone())
-            .with_sources(sources),
+            .with_sources(sources)
+            .with_script_limits(config.scripts),
         );
         Ok(Self(Arc::new(Shared {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),

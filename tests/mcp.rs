@@ -253,7 +253,7 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
     let _executor = node.start(node.config()).await;
     enrol(&node, "agent", &key(1), &["agent"], None).await;
     let agent = mcp(&node, "agent", 1, false).await;
-    assert_eq!(tool_names(&agent).await.len(), 4);
+    assert_eq!(tool_names(&agent).await.len(), 6);
     // Unsigned and not the owner's uid over TCP would be refused; here: a bad signature on /mcp.
     let answer = http(
         &node.rpc_sock(),

@@ -178,6 +178,26 @@ pub struct Cli {
     #[arg(long, default_value_t = 64)]
     pub max_per_target: usize,
 
+    /// Rhai operations one script may run (script.run)
+    #[arg(long, default_value_t = 1_000_000)]
+    pub script_max_operations: u64,
+
+    /// Capability calls one script may make
+    #[arg(long, default_value_t = 100)]
+    pub script_max_calls: usize,
+
+    /// A script's wall time when the caller names none, in milliseconds
+    #[arg(long, default_value_t = 10_000)]
+    pub script_timeout_ms: u64,
+
+    /// The longest wall time a caller may ask for a script, in milliseconds
+    #[arg(long, default_value_t = 60_000)]
+    pub script_max_timeout_ms: u64,
+
+    /// Scripts running at once (each holds a thread); more wait their turn
+    #[arg(long, default_value_t = 4)]
+    pub script_max_concurrent: usize,
+
     /// Require a `nonce` on request signatures (replays are refused)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub require_nonce: bool,
@@ -301,6 +321,14 @@ impl Cli {
         config.rate_limit = (self.rate_limit_rps.max(0.0), self.rate_limit_burst.max(1.0));
         config.max_concurrent = self.max_concurrent.max(1);
         config.max_per_target = self.max_per_target.max(1);
+        config.scripts = crate::script::ScriptLimits {
+            max_operations: self.script_max_operations.max(1),
+            max_calls: self.script_max_calls,
+            default_timeout: Duration::from_millis(self.script_timeout_ms.clamp(1, self.script_max_timeout_ms.max(1))),
+            max_timeout: Duration::from_millis(self.script_max_timeout_ms.max(1)),
+            max_concurrent: self.script_max_concurrent.max(1),
+            ..config.scripts
+        };
         config.max_concurrent_per_peer = self.max_concurrent_per_peer.max(1);
         config.body_read_timeout = Duration::from_secs(self.body_read_timeout_secs.max(1));
         config.ui_hosts = self
