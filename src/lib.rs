@@ -205,6 +205,7 @@ impl AppState {
                 .then(|| Principal::local_owner(own_uid)),
             ..config.core.clone()
         };
+        let rate_limiter = Arc::new(limits::RateLimiter::new(config.rate_limit.0, config.rate_limit.1));
         let dispatcher = Arc::new(
             Dispatcher::new(
                 catalog,
@@ -218,11 +219,12 @@ impl AppState {
             .with_metrics(metrics.clone())
             .with_telemetry(telemetry.clone())
             .with_sources(sources)
-            .with_script_limits(config.scripts),
+            .with_script_limits(config.scripts)
+            .with_rate_limiter(rate_limiter.clone()),
         );
         Ok(Self(Arc::new(Shared {
             verifier: Arc::new(Verifier::new(registry, config.signatures.clone())),
-            rate_limiter: Arc::new(limits::RateLimiter::new(config.rate_limit.0, config.rate_limit.1)),
+            rate_limiter,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
             admission: Arc::new(limits::Admission::new(config.max_concurrent_per_peer)),
             config: Arc::new(config),

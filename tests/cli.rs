@@ -226,3 +226,31 @@ async fn exit_codes_catalog_idempotency_and_paging() {
     assert!(rest.lines().count() > 2, "{rest}");
     assert_eq!(code(&["runs", "list", "--since", "soon"]), Some(5));
 }
+
+/// `script interface` and `script run FILE` (with `--args`), and the exit code of a script
+/// that fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_interface_and_run() {
+    let node = Node::new();
+    let _echo = node.spawn_echo("echo");
+    let _executor = node.start(node.config()).await;
+    let interface = ok(&cli(&node, &["script", "interface", "--service", "echo"]));
+    assert!(interface.contains("echo::echo(#{message: string})"), "{interface}");
+    std::fs::write(
+        node.tmp.path().join("s.rhai"),
+        "let r = echo::echo(#{message: args.m}); print(r.result.message); r.result.message.len()",
+    )
+    .unwrap();
+    let out = ok(&cli(&node, &["script", "run", "s.rhai", "--args", r#"{"m": "hello"}"#]));
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["value"], 5, "{result}");
+    assert_eq!(result["output"], serde_json::json!(["hello"]));
+    std::fs::write(node.tmp.path().join("bad.rhai"), "let x = ;").unwrap();
+    let failed = cli(&node, &["script", "run", "bad.rhai"]);
+    assert_eq!(
+        failed.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}

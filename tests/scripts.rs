@@ -263,3 +263,20 @@ async fn the_interface_and_run_script_over_mcp_and_rest() {
     assert_eq!(value["status"], "succeeded", "{value}");
     assert_eq!(value["value"], 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripts_calls_count_against_the_callers_rate_limit() {
+    let node = Node::new();
+    let (s, _executor) = setup(node, |config| config.rate_limit = (0.5, 5.0)).await;
+    let source = r#"
+        let limited = 0;
+        for i in 0..10 { let r = echo::counter_get(); if !r.ok && r.error.code == -32029 { limited += 1; } }
+        limited
+    "#;
+    let result = script(&s.agent, source, json!({})).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert!(
+        result["value"].as_u64().unwrap() >= 5,
+        "a burst of 5, the request took one: {result}"
+    );
+}

@@ -579,6 +579,15 @@ async fn an_mcp_stdio_source_is_supervised_and_its_secret_redacted() {
     // Without structured content, the answer is the tool's content blocks.
     let text = rest.json()["content"][0]["text"].as_str().map(str::to_owned);
     assert!(text.is_some_and(|t| t.contains("buy milk")), "{:?}", rest.body);
+    let mcp = hero_executor::mcp_bridge::connect(&sock, None, false, ())
+        .await
+        .unwrap();
+    let mut params = rmcp::model::CallToolRequestParams::new("execute");
+    params.arguments = json!({"capability": "notes.add", "params": {"a": 40, "b": 2}})
+        .as_object()
+        .cloned();
+    let through_mcp = mcp.peer().call_tool(params).await.unwrap();
+    assert_eq!(through_mcp.structured_content.unwrap()["result"], 42, "through MCP");
     let invalid = rpc(&sock, "notes.add", json!({"a": "two"})).await;
     assert_eq!(error_code(&invalid), -32602, "validated before it is sent: {invalid}");
     let failed = rpc(&sock, "notes.fail", json!({"reason": "out of ink"})).await;
@@ -659,8 +668,25 @@ async fn an_mcp_streamable_http_source_is_called_from_every_surface() {
         .iter()
         .map(|t| t.name.to_string())
         .collect();
-    assert!(
-        tools.iter().any(|t| t.contains("remote") && t.contains("add")),
-        "{tools:?}"
+    let add = tools
+        .iter()
+        .find(|t| t.contains("remote") && t.contains("add"))
+        .unwrap_or_else(|| panic!("{tools:?}"));
+    let mut params = rmcp::model::CallToolRequestParams::new(add.clone());
+    params.arguments = json!({"a": 1, "b": 2}).as_object().cloned();
+    let through_mcp = mcp.peer().call_tool(params).await.unwrap();
+    assert_eq!(
+        through_mcp.structured_content.unwrap()["result"],
+        3,
+        "a direct MCP tool"
     );
+    let rest = http(
+        &node.rest_sock(),
+        "POST",
+        "/api/v1/execute/remote.create_note",
+        &[("content-type", "application/json")],
+        json!({"text": "over http"}).to_string(),
+    )
+    .await;
+    assert_eq!(rest.status, 200, "{:?}", rest.body);
 }

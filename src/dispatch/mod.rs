@@ -70,6 +70,8 @@ pub struct Dispatcher {
     /// What a script may cost, and the scripts that may run at once.
     script_limits: crate::script::ScriptLimits,
     script_slots: Arc<tokio::sync::Semaphore>,
+    /// The per-principal rate limiter of the surfaces: a script's calls count against it.
+    rate_limiter: Option<Arc<crate::limits::RateLimiter>>,
 }
 
 /// Params larger than this (as JSON text) are validated on a blocking thread.
@@ -112,6 +114,7 @@ impl Dispatcher {
             script_slots: Arc::new(tokio::sync::Semaphore::new(
                 crate::script::ScriptLimits::default().max_concurrent,
             )),
+            rate_limiter: None,
         }
     }
 
@@ -154,6 +157,22 @@ impl Dispatcher {
         self.script_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1)));
         self.script_limits = limits;
         self
+    }
+
+    /// Counts calls made by scripts against `limiter` (the surfaces' per-principal one).
+    pub fn with_rate_limiter(mut self, limiter: Arc<crate::limits::RateLimiter>) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
+    }
+
+    /// Takes one call of `principal`'s rate (a call a script makes), or says when to retry.
+    pub fn rate_limit(&self, principal: &str) -> Result<(), ExecError> {
+        match &self.rate_limiter {
+            Some(limiter) => limiter
+                .check(principal, 1)
+                .map_err(|retry_after_s| ExecError::RateLimited { retry_after_s }),
+            None => Ok(()),
+        }
     }
 
     /// What a script may cost.

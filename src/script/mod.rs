@@ -105,10 +105,15 @@ pub async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, request: Scr
             .or_default()
             .push((interface::function_name(&cap.method), cap.name.clone()));
     }
-    let _turn = d
-        .script_slots()
-        .acquire_owned()
+    // A turn among the scripts running at once, within the script's own time.
+    let _turn = tokio::time::timeout(timeout, d.script_slots().acquire_owned())
         .await
+        .map_err(|_| {
+            ExecError::TooMany(format!(
+                "{} scripts are running; none finished in time",
+                limits.max_concurrent
+            ))
+        })?
         .map_err(|_| ExecError::Internal("script limiter closed".into()))?;
     let parent = script_run(caller, surface, &request);
     let parent_id = parent.id.clone();
@@ -222,6 +227,8 @@ async fn child(
         .into());
     }
     let capability = CapabilityName::parse(&call.capability).map_err(ExecError::invalid_params)?;
+    // Each call counts against the caller's rate, as if it came in on its own.
+    d.rate_limit(&caller.principal.id)?;
     let intent = Intent {
         caller: caller.clone(),
         capability,
