@@ -396,7 +396,8 @@ fn meta_tools(state: &AppState, caller: &Caller) -> Vec<Tool> {
         Tool::new(
             "describe",
             "Show one capability in full: what it does, its params as JSON Schema, its result, and whether \
-             calling it needs approval. Use before execute when unsure of the params.",
+             calling it needs approval. Use before execute when unsure of the params. For many capabilities \
+             at once, as script functions, use `interface`.",
             schema(json!({"type": "object", "properties": {
                 "capability": {"type": "string", "description": "<service>.<method>, as returned by search"}},
                 "required": ["capability"]})),
