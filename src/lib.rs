@@ -61,6 +61,7 @@ pub mod script;
 pub mod server;
 pub mod sources;
 pub mod telemetry;
+mod toml_file;
 pub mod upstream;
 
 use std::sync::Arc;

@@ -369,11 +369,21 @@ async fn an_operation_added_to_the_spec_is_refused_until_an_admin_accepts_it() {
         call(&agent, "pets.getPetById", json!({"petId": 2})).await["result"]["name"],
         "Tom"
     );
-    // Only an admin accepts.
-    let by_agent = agent
-        .rpc("sources.accept", json!({"name": "pets"}), HeaderMap::new())
-        .await;
-    assert!(by_agent.is_err(), "{by_agent:?}");
+    // Only an admin accepts, lists (secret references, paths, fingerprints) or reloads.
+    for (method, params) in [
+        ("sources.accept", json!({"name": "pets"})),
+        ("sources.list", json!({})),
+        ("sources.reload", json!({})),
+    ] {
+        let by_agent = agent.rpc(method, params, HeaderMap::new()).await;
+        assert!(
+            matches!(
+                &by_agent,
+                Err(hero_executor::client::ClientError::Rpc { code: -32002, .. })
+            ),
+            "{method}: {by_agent:?}"
+        );
+    }
 
     // An accept names what the admin reviewed; a fingerprint no longer served is refused.
     let stale = rpc(

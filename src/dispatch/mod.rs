@@ -32,7 +32,7 @@ use crate::telemetry::{Telemetry, Traced};
 use crate::upstream::Upstream;
 use forward::Forwarder;
 pub use forward::valid_traceparent;
-pub(crate) use record::claims_list;
+pub(crate) use record::{Input, new_run};
 
 pub use visibility::{VisibilityCache, Visible};
 

@@ -9,7 +9,7 @@ use crate::runs::{Run, RunStatus, now_ms};
 
 /// The params of an intent as stored: their JSON text, and the sha-256 of their canonical
 /// form (object members sorted), so the same params in another order are the same input.
-pub(super) struct Input {
+pub(crate) struct Input {
     pub text: String,
     pub sha256: String,
 }
@@ -60,7 +60,7 @@ fn canonical(value: &Value, hasher: &mut Sha256) {
 
 /// A new run for `intent`, decided as `explanation` says; status `running` until the caller
 /// sets it. Params over `cap` bytes are kept only as their hash.
-pub(super) fn new_run(intent: &Intent, explanation: &Explanation, input: Input, cap: usize) -> Run {
+pub(crate) fn new_run(intent: &Intent, explanation: &Explanation, input: Input, cap: usize) -> Run {
     let caller = &intent.caller;
     let stored = input.text.len() <= cap;
     let id = intent
@@ -103,7 +103,7 @@ pub(super) fn new_run(intent: &Intent, explanation: &Explanation, input: Input, 
 }
 
 /// Claims as a run records them (`["*"]` for full trust).
-pub(crate) fn claims_list(claims: &Claims) -> Vec<String> {
+pub(super) fn claims_list(claims: &Claims) -> Vec<String> {
     match claims {
         Claims::All => vec!["*".to_owned()],
         Claims::Only(set) => set.iter().cloned().collect(),

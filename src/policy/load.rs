@@ -9,23 +9,11 @@ use toml::Spanned;
 use super::pattern::{Pattern, RuleIndex};
 use super::{DEFAULT_POLICY, Effect, Grant, Guard, Policy};
 use crate::catalog::spec::{Idempotency, SideEffect};
+use crate::toml_file::FileErrors;
 
-/// Collects errors with the file name and line they belong to.
-struct Errors<'a> {
-    source: &'a str,
-    text: &'a str,
-    list: Vec<String>,
-}
+type Errors<'a> = FileErrors<'a>;
 
 impl Errors<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
-    }
-
-    fn push(&mut self, line: usize, problem: impl std::fmt::Display) {
-        self.list.push(format!("{}:{line}: {problem}", self.source));
-    }
-
     /// Compiles a rule's `capabilities`; an empty list and bad patterns are errors.
     fn patterns(&mut self, list: &Spanned<Vec<Spanned<String>>>, line: usize) -> Vec<Pattern> {
         if list.get_ref().is_empty() {
@@ -64,15 +52,8 @@ impl Errors<'_> {
 impl Policy {
     /// Compiles `text`; `source` names it in errors (`FILE:LINE: problem`).
     pub fn parse(text: &str, source: &str) -> Result<Self, Vec<String>> {
-        let mut errors = Errors {
-            source,
-            text,
-            list: Vec::new(),
-        };
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| errors.line_of(s.start)).unwrap_or(1);
-            vec![format!("{source}:{line}: {}", e.message())]
-        })?;
+        let mut errors = Errors::new(source, text);
+        let raw: RawPolicy = errors.read(false)?;
         let grants: Vec<Grant> = raw.grant.into_iter().map(|g| grant(g, &mut errors)).collect();
         let guards: Vec<Guard> = raw.guard.into_iter().map(|g| guard(g, &mut errors)).collect();
         if !errors.list.is_empty() {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::dispatch::Dispatcher;
 use crate::error::ExecError;
@@ -243,40 +242,30 @@ async fn child(
 
 /// The script's own run: `script.run`, decided allow (each call it makes is decided).
 fn script_run(caller: &Caller, surface: Surface, request: &ScriptRun) -> Run {
-    // The key is its calls' (`<key>/<n>`); a script may run again under it, so its own run
-    // does not bind it.
-    let input = json!({"source": request.source, "args": request.args, "idempotency_key": request.idempotency_key});
-    let text = input.to_string();
-    Run {
-        id: uuid::Uuid::now_v7().to_string(),
-        parent_id: None,
-        replay_of: None,
-        name: "script.run".to_owned(),
+    let intent = Intent {
+        caller: caller.clone(),
+        capability: CapabilityName {
+            service: "script".to_owned(),
+            method: "run".to_owned(),
+        },
+        params: None,
         surface,
-        principal: caller.principal.id.clone(),
-        chain: caller.chain(),
-        context: caller.context,
-        claims: crate::dispatch::claims_list(&caller.claims),
-        service: "script".to_owned(),
-        method: "run".to_owned(),
-        input_sha256: hex::encode(Sha256::digest(text.as_bytes())),
-        input: Some(text),
-        input_truncated: false,
+        // The key is its calls' (`<key>/<n>`); a script may run again under it, so its
+        // own run does not bind it.
         idempotency_key: None,
-        decision: crate::policy::Verdict::Allow,
-        rule: Some("scripts run as their caller; each call they make is decided".to_owned()),
+        parent_id: None,
+        run_id: None,
+    };
+    let allowed = crate::policy::Explanation {
+        verdict: crate::policy::Verdict::Allow,
+        reason: "scripts run as their caller; each call they make is decided".to_owned(),
+        rule: None,
         approvers: Vec::new(),
-        status: RunStatus::Running,
-        result: None,
-        result_truncated: false,
-        error: None,
-        approver: None,
-        decision_note: None,
-        cancelled_by: None,
-        trace: caller.traceparent.clone(),
-        created_at: now_ms(),
-        started_at: Some(now_ms()),
-        finished_at: None,
-        expires_at: None,
-    }
+        matched: Vec::new(),
+    };
+    let input = json!({"source": request.source, "args": request.args, "idempotency_key": request.idempotency_key});
+    // The source is kept whatever its size (bounded by max_source_bytes and the body limit).
+    let mut run = crate::dispatch::new_run(&intent, &allowed, crate::dispatch::Input::of(Some(&input)), usize::MAX);
+    run.started_at = Some(run.created_at);
+    run
 }

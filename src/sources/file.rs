@@ -10,6 +10,7 @@ use toml::Spanned;
 
 use super::secret::SecretRef;
 use crate::catalog::spec::{Audience, HeroIntent, Idempotency, IdentityRequirement, SideEffect};
+use crate::toml_file::FileErrors;
 
 /// Longest per-source timeout.
 const MAX_TIMEOUT_MS: u64 = 600_000;
@@ -160,36 +161,13 @@ struct RawIntent {
     idempotency: Option<String>,
 }
 
-/// Collects errors with the file name and line they belong to.
-struct Errors<'a> {
-    source: &'a str,
-    text: &'a str,
-    list: Vec<String>,
-}
-
-impl Errors<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
-    }
-
-    fn at<T>(&mut self, spanned: &Spanned<T>, problem: impl std::fmt::Display) {
-        let line = self.line_of(spanned.span().start);
-        self.list.push(format!("{}:{line}: {problem}", self.source));
-    }
-}
+type Errors<'a> = FileErrors<'a>;
 
 /// Parses and checks a sources file; `source` names it in errors. Relative spec paths are
 /// taken from `dir` (the file's directory).
 pub fn parse(text: &str, source: &str, dir: &Path) -> Result<Vec<SourceDef>, Vec<String>> {
-    let mut errors = Errors {
-        source,
-        text,
-        list: Vec::new(),
-    };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| errors.line_of(s.start)).unwrap_or(1);
-        vec![format!("{source}:{line}: {}", without_values(e.message()))]
-    })?;
+    let mut errors = Errors::new(source, text);
+    let raw: RawFile = errors.read(true)?;
     let mut defs: Vec<SourceDef> = Vec::new();
     for entry in &raw.source {
         let line = errors.line_of(entry.span().start);
@@ -201,10 +179,7 @@ pub fn parse(text: &str, source: &str, dir: &Path) -> Result<Vec<SourceDef>, Vec
             defs.push(def);
         }
     }
-    match errors.list.is_empty() {
-        true => Ok(defs),
-        false => Err(errors.list),
-    }
+    errors.finish(defs)
 }
 
 fn check(raw: &RawSource, line: usize, dir: &Path, errors: &mut Errors<'_>) -> Option<SourceDef> {
@@ -350,17 +325,6 @@ fn check(raw: &RawSource, line: usize, dir: &Path, errors: &mut Errors<'_>) -> O
         timeout,
         overrides,
     })
-}
-
-/// A TOML error message without the values it quotes (`invalid type: integer \`1234\``): a
-/// value in the wrong place may be a secret written where a reference belongs.
-fn without_values(message: &str) -> String {
-    let parts: Vec<&str> = message
-        .split('`')
-        .enumerate()
-        .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
-        .collect();
-    parts.join("`")
 }
 
 /// `http(s)://host[:port][/prefix]` or `unix:/path.sock`: no credentials, query or fragment.

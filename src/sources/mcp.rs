@@ -24,7 +24,6 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::file::{Auth, Kind, SourceDef};
-use super::openapi::redact_answer;
 use super::secret::Redactor;
 use crate::catalog::spec::{HeroIntent, Idempotency, SideEffect};
 use crate::error::{ExecError, code};
@@ -232,20 +231,13 @@ impl McpTarget {
     /// The secret values this source uses now, and those its child was started with.
     fn redactor(&self) -> Redactor {
         let mut redactor = self.spawned.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let refs: Vec<&super::secret::SecretRef> = match (&self.def.kind, &self.def.auth) {
-            (Kind::McpStdio { secret_env, .. }, _) => secret_env.values().collect(),
-            (_, Some(Auth::Bearer { token })) => vec![token],
-            (_, Some(Auth::Header { value, .. } | Auth::Query { value, .. })) => vec![value],
-            (_, Some(Auth::Basic { username, password })) => vec![username, password],
-            _ => Vec::new(),
-        };
-        let values: Vec<String> = refs.into_iter().filter_map(|r| r.resolve().ok()).collect();
-        for value in &values {
-            redactor.add(value);
+        if let Kind::McpStdio { secret_env, .. } = &self.def.kind {
+            for value in secret_env.values().filter_map(|r| r.resolve().ok()) {
+                redactor.add(&value);
+            }
         }
-        if let (Some(Auth::Basic { .. }), [user, pass]) = (&self.def.auth, values.as_slice()) {
-            use base64::Engine;
-            redactor.add(&base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+        if let Some(credentials) = self.def.auth.as_ref().and_then(|a| a.resolve().ok()) {
+            redactor.extend(&credentials.redactor);
         }
         redactor
     }
@@ -367,7 +359,7 @@ impl McpTarget {
             Some(structured) if !structured.is_null() => structured.clone(),
             _ => json!({"content": content}),
         };
-        redact_answer(&mut answer, &redactor)
+        redactor.answer(&mut answer)
     }
 }
 
@@ -456,37 +448,12 @@ impl SecretHeaders {
         Ok(Self { inner, headers, auth })
     }
 
+    /// The source's headers and credentials, resolved now. A credential that cannot be
+    /// resolved is left out: the server refuses the request, and says so.
     fn with_secrets(&self, mut headers: HashMap<HeaderName, HeaderValue>) -> HashMap<HeaderName, HeaderValue> {
         headers.extend(self.headers.clone());
-        let resolve = |r: &super::secret::SecretRef| r.resolve().ok();
-        let sensitive = |text: String| {
-            HeaderValue::from_str(&text).ok().map(|mut v| {
-                v.set_sensitive(true);
-                v
-            })
-        };
-        match &self.auth {
-            Some(Auth::Bearer { token }) => {
-                if let Some(v) = resolve(token).and_then(|t| sensitive(format!("Bearer {t}"))) {
-                    headers.insert(http::header::AUTHORIZATION, v);
-                }
-            }
-            Some(Auth::Header { name, value }) => {
-                if let Some(v) = resolve(value).and_then(sensitive) {
-                    headers.insert(name.clone(), v);
-                }
-            }
-            Some(Auth::Basic { username, password }) => {
-                use base64::Engine;
-                if let (Some(u), Some(p)) = (resolve(username), resolve(password)) {
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-                    if let Some(v) = sensitive(format!("Basic {encoded}")) {
-                        headers.insert(http::header::AUTHORIZATION, v);
-                    }
-                }
-            }
-            // A query credential has no place in an MCP endpoint's URL; refused at load.
-            Some(Auth::Query { .. }) | None => {}
+        if let Some(credentials) = self.auth.as_ref().and_then(|a| a.resolve().ok()) {
+            headers.extend(credentials.headers);
         }
         headers
     }

@@ -411,21 +411,19 @@ impl Sources {
 
     fn build(&self, entry: &mut Live, input: &Input) -> Result<ServiceSpec, String> {
         let def = &entry.def;
-        let (fingerprint, document, draft, mut warnings) = match input {
+        // The document to parse, and for MCP each method's tool name on the wire.
+        let (fingerprint, document, draft, mut warnings, wire) = match input {
             Input::OpenApi { fingerprint, converted } => (
                 fingerprint.clone(),
                 converted.document.clone(),
                 converted.draft,
                 converted.warnings.clone(),
+                BTreeMap::new(),
             ),
             Input::Mcp { fingerprint, tools } => {
-                let (doc, _, warnings) = mcp::document(def, tools);
-                (fingerprint.clone(), doc, jsonschema::Draft::Draft202012, warnings)
+                let (doc, wire, warnings) = mcp::document(def, tools);
+                (fingerprint.clone(), doc, jsonschema::Draft::Draft202012, warnings, wire)
             }
-        };
-        let wire = match input {
-            Input::Mcp { tools, .. } => mcp::document(def, tools).1,
-            Input::OpenApi { .. } => BTreeMap::new(),
         };
         let mut spec =
             crate::catalog::spec::parse_document(&def.name, document, fingerprint.clone(), &self.0.limits, draft)?;

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::file::{Auth, BaseUrl, SourceDef};
-use super::secret::{REDACTED, Redactor};
+use super::secret::Redactor;
 use crate::catalog::spec::{HeroIntent, Idempotency, SideEffect};
 use crate::error::{ExecError, code};
 
@@ -538,7 +538,7 @@ impl HttpTarget {
         let mut value: Value = serde_json::from_slice(&body).map_err(|_| {
             ExecError::TargetProtocol(format!("{}: the answer (HTTP {status}) is not JSON", self.source))
         })?;
-        redact_answer(&mut value, &redactor)
+        redactor.answer(&mut value)
     }
 
     /// The operation's URL: the base, then the path with its parameters escaped.
@@ -587,48 +587,14 @@ impl HttpTarget {
         redactor: &mut Redactor,
     ) -> Result<(), ExecError> {
         let Some(auth) = &self.auth else { return Ok(()) };
-        let resolve = |r: &super::secret::SecretRef| {
-            r.resolve()
-                .map_err(|why| ExecError::TargetUnavailable(format!("{}: {why}", self.source)))
-        };
-        let header = |text: String| {
-            HeaderValue::from_str(&text)
-                .map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                })
-                .map_err(|_| {
-                    ExecError::TargetUnavailable(format!("{}: a secret is not a valid header value", self.source))
-                })
-        };
-        match auth {
-            Auth::Bearer { token } => {
-                let token = resolve(token)?;
-                redactor.add(&token);
-                headers.insert(http::header::AUTHORIZATION, header(format!("Bearer {token}"))?);
-            }
-            Auth::Header { name, value } => {
-                let value = resolve(value)?;
-                redactor.add(&value);
-                headers.insert(name.clone(), header(value)?);
-            }
-            Auth::Basic { username, password } => {
-                use base64::Engine;
-                let (user, pass) = (resolve(username)?, resolve(password)?);
-                let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-                redactor.add(&user);
-                redactor.add(&pass);
-                redactor.add(&encoded);
-                headers.insert(http::header::AUTHORIZATION, header(format!("Basic {encoded}"))?);
-            }
-            Auth::Query { name, value } => {
-                let value = resolve(value)?;
-                redactor.add(&value);
-                let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
-                redactor.add(&encoded);
-                url.query_pairs_mut().append_pair(name, &value);
-            }
+        let credentials = auth
+            .resolve()
+            .map_err(|why| ExecError::TargetUnavailable(format!("{}: {why}", self.source)))?;
+        headers.extend(credentials.headers);
+        if let Some((name, value)) = &credentials.query {
+            url.query_pairs_mut().append_pair(name, value);
         }
+        redactor.extend(&credentials.redactor);
         Ok(())
     }
 
@@ -653,7 +619,7 @@ impl HttpTarget {
         let timeout = error.is_timeout();
         let connect = error.is_connect();
         let redirect = error.is_redirect();
-        let mut why = root_cause(&error.without_url());
+        let mut why = crate::upstream::root_cause(&error.without_url());
         why = redactor.text(&why);
         match () {
             _ if timeout => ExecError::TargetTimeout(format!("{} did not answer in time", self.source)),
@@ -662,21 +628,6 @@ impl HttpTarget {
             _ => ExecError::TargetUnavailable(format!("{}: {why}", self.source)),
         }
     }
-}
-
-/// An answer with every secret value replaced, as raw JSON; a secret left in its text (in a
-/// number, say) makes the whole answer a protocol error rather than pass through.
-pub fn redact_answer(value: &mut Value, redactor: &Redactor) -> Result<Box<RawValue>, ExecError> {
-    if !redactor.is_empty() {
-        redactor.value(value);
-    }
-    let text = serde_json::to_string(value).map_err(|e| ExecError::Internal(e.to_string()))?;
-    if redactor.finds(&text) {
-        return Err(ExecError::TargetProtocol(format!(
-            "the answer held a secret where it could not be replaced by {REDACTED}; withheld"
-        )));
-    }
-    RawValue::from_string(text).map_err(|e| ExecError::Internal(e.to_string()))
 }
 
 /// `.` or `..` (also percent-encoded), which a server would resolve away.
@@ -691,17 +642,6 @@ fn scalar(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// The innermost error message (reqwest wraps the interesting one).
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    let mut message = current.to_string();
-    while let Some(source) = current.source() {
-        current = source;
-        message = current.to_string();
-    }
-    message
 }
 
 #[cfg(test)]

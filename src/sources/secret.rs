@@ -7,7 +7,12 @@
 
 use std::path::PathBuf;
 
+use http::{HeaderName, HeaderValue};
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::file::Auth;
+use crate::error::ExecError;
 
 /// What replaces a secret's value in an answer or an error.
 pub const REDACTED: &str = "[redacted]";
@@ -72,6 +77,62 @@ impl SecretRef {
             Self::Env(name) => format!("env:{name}"),
             Self::File(path) => format!("file:{}", path.display()),
         }
+    }
+}
+
+/// A source's credentials, resolved for one request: what to send, and what to redact.
+#[derive(Default)]
+pub struct Credentials {
+    /// Headers to set (marked sensitive, so no log of them shows the value).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A query parameter to append (`type = "query"`).
+    pub query: Option<(String, String)>,
+    pub redactor: Redactor,
+}
+
+impl Auth {
+    /// Resolves every reference now. The error names a reference, never a value.
+    pub fn resolve(&self) -> Result<Credentials, String> {
+        let sensitive = |text: String| {
+            HeaderValue::from_str(&text)
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                })
+                .map_err(|_| "a secret is not a valid header value".to_owned())
+        };
+        let mut out = Credentials::default();
+        match self {
+            Auth::Bearer { token } => {
+                let token = token.resolve()?;
+                out.redactor.add(&token);
+                out.headers
+                    .push((http::header::AUTHORIZATION, sensitive(format!("Bearer {token}"))?));
+            }
+            Auth::Header { name, value } => {
+                let value = value.resolve()?;
+                out.redactor.add(&value);
+                out.headers.push((name.clone(), sensitive(value)?));
+            }
+            Auth::Basic { username, password } => {
+                use base64::Engine;
+                let (user, pass) = (username.resolve()?, password.resolve()?);
+                let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                for value in [&user, &pass, &encoded] {
+                    out.redactor.add(value);
+                }
+                out.headers
+                    .push((http::header::AUTHORIZATION, sensitive(format!("Basic {encoded}"))?));
+            }
+            Auth::Query { name, value } => {
+                let value = value.resolve()?;
+                out.redactor.add(&value);
+                out.redactor
+                    .add(&form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>());
+                out.query = Some((name.clone(), value));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -182,6 +243,21 @@ impl Redactor {
             // (a numeric PIN): checked on the serialized answer by the caller.
             _ => false,
         }
+    }
+
+    /// An answer with every secret value replaced, as raw JSON; a secret left in its text
+    /// (in a number, say) makes the whole answer a protocol error rather than pass through.
+    pub fn answer(&self, value: &mut Value) -> Result<Box<RawValue>, ExecError> {
+        if !self.is_empty() {
+            self.value(value);
+        }
+        let text = serde_json::to_string(value).map_err(|e| ExecError::Internal(e.to_string()))?;
+        if self.finds(&text) {
+            return Err(ExecError::TargetProtocol(format!(
+                "the answer held a secret where it could not be replaced by {REDACTED}; withheld"
+            )));
+        }
+        RawValue::from_string(text).map_err(|e| ExecError::Internal(e.to_string()))
     }
 
     /// Whether `text` contains any secret value.

@@ -370,7 +370,7 @@ fn parse_answer(service: &str, bytes: &[u8]) -> Result<Box<RawValue>, ExecError>
 }
 
 /// The innermost error message (hyper-util wraps the interesting io::Error).
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current = error;
     while let Some(source) = current.source() {
         current = source;
