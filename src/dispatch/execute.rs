@@ -90,7 +90,7 @@ impl Dispatcher {
         // is found `running` at the next start and marked `interrupted`, never lost.
         self.runs().insert(run).await.map_err(|e| Failure::with_run(e, &id))?;
         let call = Call {
-            headers: caller_headers(&intent.caller, &id),
+            headers: caller_headers(&intent.caller, &id, span.is_some()),
             run_id: id,
             capability,
             span,

@@ -135,15 +135,19 @@ pub(super) fn forward_headers(
     }
 }
 
-/// The headers of `caller`'s call recorded as `run_id`.
-pub(super) fn caller_headers(caller: &Caller, run_id: &str) -> ForwardHeaders {
-    forward_headers(
-        &caller.claims,
-        caller.context,
-        caller.user.clone(),
-        run_id,
-        caller.traceparent.as_deref(),
-    )
+/// The headers of `caller`'s call recorded as `run_id`. A traced call's `traceparent` is
+/// its forwarded span's, set by [`Forwarder::forward`].
+pub(super) fn caller_headers(caller: &Caller, run_id: &str, traced: bool) -> ForwardHeaders {
+    ForwardHeaders {
+        context: caller.context,
+        claims: caller.claims.header_value(),
+        user: caller.user.clone(),
+        run_id: run_id.to_owned(),
+        traceparent: match traced {
+            true => String::new(),
+            false => child_traceparent(caller.traceparent.as_deref()),
+        },
+    }
 }
 
 /// The outcome a final (or pending) run stands for.

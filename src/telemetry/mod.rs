@@ -23,7 +23,6 @@ use opentelemetry::trace::{
     Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{
@@ -38,6 +37,8 @@ use crate::intent::Caller;
 use crate::metrics::Metrics;
 use crate::policy::Verdict;
 use crate::runs::{Run, RunStatus};
+
+mod otlp;
 
 /// Spans (and, separately, run records) waiting for export at most; past this they are
 /// dropped and counted.
@@ -63,13 +64,19 @@ pub struct OtlpConfig {
     pub delay: Duration,
     /// How long one export request may take.
     pub timeout: Duration,
+    /// Headers sent with every trace export (an API key): from
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, or else `OTEL_EXPORTER_OTLP_HEADERS`. Values
+    /// are marked sensitive, so they are not shown when the configuration is.
+    pub trace_headers: http::HeaderMap,
+    /// The same for run records: `OTEL_EXPORTER_OTLP_LOGS_HEADERS`, or else the general ones.
+    pub log_headers: http::HeaderMap,
 }
 
 impl OtlpConfig {
     /// Checks the endpoint: an absolute `http` or `https` URL with a host, no query. The
     /// bounds are ours unless the OpenTelemetry SDK variables set them, as they would in
     /// any SDK: `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms) and
-    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms).
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms); headers as [`OtlpConfig::trace_headers`] says.
     pub fn new(endpoint: &str, runs: bool) -> Result<Self, String> {
         let trimmed = endpoint.trim().trim_end_matches('/');
         let uri: http::Uri = trimmed
@@ -101,12 +108,47 @@ impl OtlpConfig {
             queue: env("OTEL_BSP_MAX_QUEUE_SIZE").map_or(QUEUE, |n| n.max(1) as usize),
             delay: env("OTEL_BSP_SCHEDULE_DELAY").map_or(EXPORT_DELAY, Duration::from_millis),
             timeout: env("OTEL_EXPORTER_OTLP_TIMEOUT").map_or(EXPORT_TIMEOUT, Duration::from_millis),
+            trace_headers: env_headers("TRACES")?,
+            log_headers: env_headers("LOGS")?,
         })
     }
 
     fn signal_url(&self, path: &str) -> String {
         format!("{}{path}", self.endpoint)
     }
+}
+
+/// The headers `OTEL_EXPORTER_OTLP_{signal}_HEADERS`, or else `OTEL_EXPORTER_OTLP_HEADERS`,
+/// ask for, as the OpenTelemetry SDKs read them.
+fn env_headers(signal: &str) -> Result<http::HeaderMap, String> {
+    let specific = format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS");
+    for name in [specific.as_str(), "OTEL_EXPORTER_OTLP_HEADERS"] {
+        if let Ok(text) = std::env::var(name) {
+            return parse_headers(&text).map_err(|e| format!("{name}: {e}"));
+        }
+    }
+    Ok(http::HeaderMap::new())
+}
+
+/// `name=value` pairs separated by commas, each value percent-decoded. An error names the
+/// entry or header, never a value (it may be a key).
+fn parse_headers(text: &str) -> Result<http::HeaderMap, String> {
+    let mut headers = http::HeaderMap::new();
+    for (n, entry) in text.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        let Some((name, value)) = entry.split_once('=') else {
+            return Err(format!("entry {} is not name=value", n + 1));
+        };
+        let name = name.trim();
+        let header = http::HeaderName::try_from(name).map_err(|_| format!("{name:?} is not a header name"))?;
+        let decoded = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| format!("the value of {name} is not UTF-8 once percent-decoded"))?;
+        let mut value = http::HeaderValue::try_from(decoded.as_ref())
+            .map_err(|_| format!("the value of {name} cannot be sent in a header"))?;
+        value.set_sensitive(true);
+        headers.append(header, value);
+    }
+    Ok(headers)
 }
 
 /// The tracer, and the run logger when `--otlp-runs` is on.
@@ -131,12 +173,11 @@ impl Telemetry {
             .with_service_name("hero_executor")
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
-        let spans = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(config.signal_url("/v1/traces"))
-            .with_timeout(config.timeout)
-            .build()
-            .map_err(|e| format!("OTLP trace exporter: {e}"))?;
+        let spans = otlp::Spans::new(otlp::Collector::new(
+            config.signal_url("/v1/traces"),
+            config.trace_headers.clone(),
+            config.timeout,
+        )?);
         let gate = Arc::new(Gate::new(config.queue, "spans", metrics.clone()));
         let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
             .with_max_queue_size(config.queue)
@@ -159,12 +200,11 @@ impl Telemetry {
         let runs = match config.runs {
             false => None,
             true => {
-                let records = opentelemetry_otlp::LogExporter::builder()
-                    .with_http()
-                    .with_endpoint(config.signal_url("/v1/logs"))
-                    .with_timeout(config.timeout)
-                    .build()
-                    .map_err(|e| format!("OTLP log exporter: {e}"))?;
+                let records = otlp::Records::new(otlp::Collector::new(
+                    config.signal_url("/v1/logs"),
+                    config.log_headers.clone(),
+                    config.timeout,
+                )?);
                 let gate = Arc::new(Gate::new(config.queue, "runs", metrics));
                 let batch = opentelemetry_sdk::logs::BatchConfigBuilder::default()
                     .with_max_queue_size(config.queue)
@@ -230,11 +270,14 @@ impl Telemetry {
             .tracer
             .span_builder(format!("{method} {surface}"))
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("hero.endpoint", surface),
-                KeyValue::new("http.request.method", method),
-                KeyValue::new("url.path", clip(path).to_owned()),
-            ])
+            .with_attributes(with_room(
+                [
+                    KeyValue::new("hero.endpoint", surface),
+                    KeyValue::new("http.request.method", method),
+                    KeyValue::new("url.path", clip(path).to_owned()),
+                ],
+                3,
+            ))
             .start_with_context(&self.tracer, &parent(traceparent));
         Traced::new(span)
     }
@@ -295,12 +338,15 @@ impl Telemetry {
             .tracer
             .span_builder(format!("forward {service}.{method}"))
             .with_kind(SpanKind::Client)
-            .with_attributes([
-                KeyValue::new("rpc.system", "jsonrpc"),
-                KeyValue::new("rpc.service", service.to_owned()),
-                KeyValue::new("rpc.method", method.to_owned()),
-                KeyValue::new("hero.run_id", run_id.to_owned()),
-            ])
+            .with_attributes(with_room(
+                [
+                    KeyValue::new("rpc.system", "jsonrpc"),
+                    KeyValue::new("rpc.service", service.to_owned()),
+                    KeyValue::new("rpc.method", method.to_owned()),
+                    KeyValue::new("hero.run_id", run_id.to_owned()),
+                ],
+                1,
+            ))
             .start_with_context(&self.tracer, &parent);
         Traced::new(span)
     }
@@ -359,13 +405,25 @@ fn scope() -> InstrumentationScope {
         .build()
 }
 
+/// A span's first attributes, with room for the `room` it is given later (so they are not
+/// moved to a larger vector on the call's path).
+fn with_room<const N: usize>(first: [KeyValue; N], room: usize) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(N + room);
+    attributes.extend(first);
+    attributes
+}
+
 fn caller_attributes(caller: &Caller, surface: &'static str, asked: &str) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("hero.capability", asked.to_owned()),
-        KeyValue::new("hero.principal", caller.principal.id.clone()),
-        KeyValue::new("hero.context", caller.context as i64),
-        KeyValue::new("hero.surface", surface),
-    ];
+    // Later: user, decision, run id, outcome, error code.
+    let mut attributes = with_room(
+        [
+            KeyValue::new("hero.capability", asked.to_owned()),
+            KeyValue::new("hero.principal", caller.principal.id.clone()),
+            KeyValue::new("hero.context", caller.context as i64),
+            KeyValue::new("hero.surface", surface),
+        ],
+        5,
+    );
     if let Some(user) = &caller.user {
         attributes.push(KeyValue::new("hero.user", user.clone()));
     }
@@ -444,12 +502,15 @@ impl Traced {
 
     /// This span as a W3C `traceparent`.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.context.trace_id(),
-            self.context.span_id(),
-            self.context.trace_flags().to_u8()
-        )
+        let context = &self.context;
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        hex_into(&mut text, &context.trace_id().to_bytes());
+        text.push('-');
+        hex_into(&mut text, &context.span_id().to_bytes());
+        text.push('-');
+        hex_into(&mut text, &[context.trace_flags().to_u8()]);
+        text
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
@@ -507,18 +568,47 @@ fn parent(traceparent: Option<&str>) -> Context {
     }
 }
 
-/// The span context a (validated) W3C `traceparent` names.
+/// The span context a W3C `traceparent` names, if it is well formed and valid. Read (and
+/// written, [`Traced::traceparent`]) by hand: the ids' `from_hex` and `Display` cost more
+/// than making the span (three of each per call).
 fn span_context(traceparent: &str) -> Option<SpanContext> {
-    let mut parts = traceparent.split('-');
-    let (_, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let text = traceparent.as_bytes();
+    if text.len() != 55 || text[2] != b'-' || text[35] != b'-' || text[52] != b'-' {
+        return None;
+    }
+    let (mut trace, mut span, mut flags) = ([0u8; 16], [0u8; 8], [0u8; 1]);
+    unhex(&text[3..35], &mut trace)?;
+    unhex(&text[36..52], &mut span)?;
+    unhex(&text[53..55], &mut flags)?;
     let context = SpanContext::new(
-        TraceId::from_hex(trace).ok()?,
-        SpanId::from_hex(span).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+        TraceId::from_bytes(trace),
+        SpanId::from_bytes(span),
+        TraceFlags::new(flags[0]),
         true,
         TraceState::default(),
     );
     context.is_valid().then_some(context)
+}
+
+fn hex_into(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    for (pair, byte) in text.chunks_exact(2).zip(out) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(())
 }
 
 /// Admission to a batch queue of `capacity`: the exporter says when a batch left it.
@@ -763,6 +853,42 @@ mod tests {
         assert_eq!(context.span_id().to_string(), "00f067aa0ba902b7");
         assert!(context.is_sampled());
         assert!(span_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-011",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        ] {
+            assert!(span_context(bad).is_none(), "{bad}");
+        }
+        let span = Traced {
+            span: opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .build()
+                .tracer("t")
+                .start_with_context("s", &parent(Some(text))),
+            context: context.clone(),
+        };
+        assert_eq!(span.traceparent(), text);
+    }
+
+    #[test]
+    fn headers_are_name_value_pairs_with_decoded_values() {
+        let headers = parse_headers(" api-key = a%3Db%2Cc , x-tenant=t1,,").unwrap();
+        assert_eq!(headers["api-key"], "a=b,c");
+        assert_eq!(headers["x-tenant"], "t1");
+        assert!(headers["api-key"].is_sensitive());
+        assert!(!format!("{headers:?}").contains("a=b"));
+        assert!(parse_headers("").unwrap().is_empty());
+        for (bad, error) in [
+            ("api-key", "entry 1 is not name=value"),
+            ("a=1,bad name=2", "\"bad name\" is not a header name"),
+            ("k=%ff", "the value of k is not UTF-8 once percent-decoded"),
+            ("k=line%0Abreak", "the value of k cannot be sent in a header"),
+        ] {
+            assert_eq!(parse_headers(bad).unwrap_err(), error, "{bad}");
+        }
     }
 
     #[test]
