@@ -7,14 +7,13 @@
 //! An approved call's span is linked to the span of the call that was held. With
 //! `--otlp-runs` each run's final state is also one log record, carrying its call's trace.
 //!
-//! The SDK's batch processors export on their own threads. Their queues drop silently
-//! when full, so a [`Gate`] in front of each admits at most what the queue holds and
-//! counts what it turns away: a slow or absent collector costs a call an atomic add, and
-//! every span or record that does not reach it is counted in `/metrics`.
+//! Spans are made with the SDK's tracer. As each ends it is encoded and queued by
+//! [`otlp`]'s processor, on the thread that ended it; one thread per signal sends the
+//! queue to the collector. A queue holds at most 8,192 (`OTEL_BSP_MAX_QUEUE_SIZE`): past that, and
+//! for every batch the collector does not take, spans and records are counted in
+//! `/metrics` as dropped. A slow or absent collector never holds a call up.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
@@ -24,13 +23,8 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::logs::{
-    BatchLogProcessor, LogBatch, LogExporter, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider,
-};
-use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span as SdkSpan, SpanData, SpanExporter, SpanProcessor,
-};
+use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span as SdkSpan};
 
 use crate::error::ExecError;
 use crate::intent::Caller;
@@ -168,30 +162,23 @@ impl Telemetry {
     /// Builds the exporters and starts their batch threads. Nothing is sent until there is
     /// something to send; a collector that is down only makes exports fail (counted).
     pub fn start(config: &OtlpConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        install_crypto_provider();
         let resource = Resource::builder()
             .with_service_name("hero_executor")
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
-        let spans = otlp::Spans::new(otlp::Collector::new(
-            config.signal_url("/v1/traces"),
-            config.trace_headers.clone(),
-            config.timeout,
-        )?);
-        let gate = Arc::new(Gate::new(config.queue, "spans", metrics.clone()));
-        let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
-            .with_max_queue_size(config.queue)
-            .with_max_export_batch_size(EXPORT_BATCH.min(config.queue))
-            .with_scheduled_delay(config.delay)
-            .build();
-        let processor = BatchSpanProcessor::builder(Counted {
-            inner: spans,
-            gate: gate.clone(),
-        })
-        .with_batch_config(batch)
-        .build();
+        let queue = |path: &str, headers: &http::HeaderMap, signal: &'static str| {
+            let collector = otlp::Collector::new(config.signal_url(path), headers.clone(), config.timeout)?;
+            otlp::Queue::start(
+                collector,
+                signal,
+                config.queue,
+                EXPORT_BATCH,
+                config.delay,
+                metrics.clone(),
+            )
+        };
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(GatedSpans { inner: processor, gate })
+            .with_span_processor(otlp::SpanQueue(queue("/v1/traces", &config.trace_headers, "spans")?))
             // A caller that asked for no sampling (flags 00) is not traced further.
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(resource.clone())
@@ -200,25 +187,8 @@ impl Telemetry {
         let runs = match config.runs {
             false => None,
             true => {
-                let records = otlp::Records::new(otlp::Collector::new(
-                    config.signal_url("/v1/logs"),
-                    config.log_headers.clone(),
-                    config.timeout,
-                )?);
-                let gate = Arc::new(Gate::new(config.queue, "runs", metrics));
-                let batch = opentelemetry_sdk::logs::BatchConfigBuilder::default()
-                    .with_max_queue_size(config.queue)
-                    .with_max_export_batch_size(EXPORT_BATCH.min(config.queue))
-                    .with_scheduled_delay(config.delay)
-                    .build();
-                let processor = BatchLogProcessor::builder(Counted {
-                    inner: records,
-                    gate: gate.clone(),
-                })
-                .with_batch_config(batch)
-                .build();
                 let provider = SdkLoggerProvider::builder()
-                    .with_log_processor(GatedRecords { inner: processor, gate })
+                    .with_log_processor(otlp::RecordQueue(queue("/v1/logs", &config.log_headers, "runs")?))
                     .with_resource(resource)
                     .build();
                 let logger = provider.logger_with_scope(scope());
@@ -611,165 +581,6 @@ fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// Admission to a batch queue of `capacity`: the exporter says when a batch left it.
-struct Gate {
-    queued: AtomicUsize,
-    capacity: usize,
-    signal: &'static str,
-    metrics: Arc<Metrics>,
-}
-
-impl Gate {
-    fn new(capacity: usize, signal: &'static str, metrics: Arc<Metrics>) -> Self {
-        Self {
-            queued: AtomicUsize::new(0),
-            capacity,
-            signal,
-            metrics,
-        }
-    }
-
-    fn admit(&self) -> bool {
-        if self.queued.fetch_add(1, Ordering::AcqRel) < self.capacity {
-            return true;
-        }
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.otlp_dropped(self.signal, "queue_full", 1);
-        false
-    }
-
-    /// `n` left the queue for an export (a batch the processor had taken in).
-    fn left(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    fn failed(&self, n: usize) {
-        self.metrics.otlp_dropped(self.signal, "export_failed", n as u64);
-    }
-
-    /// `export` of a batch of `n` taken from the queue: counted as failed if it fails.
-    fn sent(
-        self: &Arc<Self>,
-        n: usize,
-        export: impl Future<Output = OTelSdkResult> + Send,
-    ) -> impl Future<Output = OTelSdkResult> + Send {
-        self.left(n);
-        let gate = self.clone();
-        async move {
-            let result = export.await;
-            if result.is_err() {
-                gate.failed(n);
-            }
-            result
-        }
-    }
-}
-
-impl std::fmt::Debug for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate").field("signal", &self.signal).finish()
-    }
-}
-
-/// An exporter that tells its gate what left the queue, and counts what failed to send.
-#[derive(Debug)]
-struct Counted<E> {
-    inner: E,
-    gate: Arc<Gate>,
-}
-
-impl<E: SpanExporter> SpanExporter for Counted<E> {
-    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        let n = batch.len();
-        self.gate.sent(n, self.inner.export(batch))
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-impl<E: LogExporter> LogExporter for Counted<E> {
-    fn export(&self, batch: LogBatch<'_>) -> impl Future<Output = OTelSdkResult> + Send {
-        let n = batch.iter().count();
-        self.gate.sent(n, self.inner.export(batch))
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// The span processor behind its gate.
-#[derive(Debug)]
-struct GatedSpans {
-    inner: BatchSpanProcessor,
-    gate: Arc<Gate>,
-}
-
-impl SpanProcessor for GatedSpans {
-    fn on_start(&self, span: &mut SdkSpan, cx: &Context) {
-        self.inner.on_start(span, cx);
-    }
-
-    fn on_end(&self, span: SpanData) {
-        if self.gate.admit() {
-            self.inner.on_end(span);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-/// The log processor behind its gate.
-#[derive(Debug)]
-struct GatedRecords {
-    inner: BatchLogProcessor,
-    gate: Arc<Gate>,
-}
-
-impl LogProcessor for GatedRecords {
-    fn emit(&self, data: &mut SdkLogRecord, scope: &InstrumentationScope) {
-        if self.gate.admit() {
-            self.inner.emit(data, scope);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
 /// Marks a request whose span the telemetry layer started: the Caller continues this
 /// span's trace (not the header's span, which is the request span's parent).
 #[derive(Debug, Clone)]
@@ -889,25 +700,5 @@ mod tests {
         ] {
             assert_eq!(parse_headers(bad).unwrap_err(), error, "{bad}");
         }
-    }
-
-    #[test]
-    fn the_gate_holds_its_capacity_and_counts_the_rest() {
-        let metrics = Arc::new(Metrics::new());
-        let gate = Gate::new(2, "spans", metrics.clone());
-        assert!(gate.admit() && gate.admit());
-        assert!(!gate.admit());
-        gate.left(2);
-        assert!(gate.admit());
-        gate.failed(3);
-        let text = metrics.render(crate::metrics::Readings::default());
-        assert!(
-            text.contains(r#"hero_executor_otlp_dropped_total{signal="spans",reason="queue_full"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"hero_executor_otlp_dropped_total{signal="spans",reason="export_failed"} 3"#),
-            "{text}"
-        );
     }
 }
