@@ -238,7 +238,7 @@ impl Telemetry {
         };
         let span = self
             .tracer
-            .span_builder(format!("{method} {surface}"))
+            .span_builder(request_name(method, surface))
             .with_kind(SpanKind::Server)
             .with_attributes(with_room(
                 [
@@ -375,6 +375,19 @@ fn scope() -> InstrumentationScope {
         .build()
 }
 
+/// A request span's name, `METHOD surface`: the usual ones without making a string.
+fn request_name(method: &'static str, surface: &'static str) -> std::borrow::Cow<'static, str> {
+    match (method, surface) {
+        ("POST", "rpc") => "POST rpc".into(),
+        ("POST", "rest") => "POST rest".into(),
+        ("GET", "rest") => "GET rest".into(),
+        ("POST", "mcp") => "POST mcp".into(),
+        ("GET", "console") => "GET console".into(),
+        ("POST", "console") => "POST console".into(),
+        _ => format!("{method} {surface}").into(),
+    }
+}
+
 /// A span's first attributes, with room for the `room` it is given later (so they are not
 /// moved to a larger vector on the call's path).
 fn with_room<const N: usize>(first: [KeyValue; N], room: usize) -> Vec<KeyValue> {
@@ -473,14 +486,14 @@ impl Traced {
     /// This span as a W3C `traceparent`.
     pub fn traceparent(&self) -> String {
         let context = &self.context;
-        let mut text = String::with_capacity(55);
-        text.push_str("00-");
-        hex_into(&mut text, &context.trace_id().to_bytes());
-        text.push('-');
-        hex_into(&mut text, &context.span_id().to_bytes());
-        text.push('-');
-        hex_into(&mut text, &[context.trace_flags().to_u8()]);
-        text
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        hex_into(&mut text[3..35], &context.trace_id().to_bytes());
+        text[35] = b'-';
+        hex_into(&mut text[36..52], &context.span_id().to_bytes());
+        text[52] = b'-';
+        hex_into(&mut text[53..], &[context.trace_flags().to_u8()]);
+        String::from_utf8_lossy(&text).into_owned()
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
@@ -560,11 +573,12 @@ fn span_context(traceparent: &str) -> Option<SpanContext> {
     context.is_valid().then_some(context)
 }
 
-fn hex_into(text: &mut String, bytes: &[u8]) {
+/// `bytes` as lowercase hex into `text` (twice as long).
+fn hex_into(text: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
@@ -682,6 +696,18 @@ mod tests {
             context: context.clone(),
         };
         assert_eq!(span.traceparent(), text);
+    }
+
+    #[test]
+    fn request_names_are_method_and_surface() {
+        for (method, surface) in [
+            ("POST", "rpc"),
+            ("GET", "console"),
+            ("DELETE", "rest"),
+            ("_OTHER", "other"),
+        ] {
+            assert_eq!(request_name(method, surface), format!("{method} {surface}"));
+        }
     }
 
     #[test]

@@ -642,15 +642,16 @@ fn varint_len(value: u64) -> usize {
 /// A message field: `body` writes the message, then its length is put in front of it.
 /// One byte is kept for the length; a longer one moves the message up by what it needs.
 fn nested(b: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    nested_sized(b, field, 1, body);
+}
+
+/// [`nested`] keeping `kept` bytes for the length (a span's takes two: 128 bytes to 16 KiB).
+fn nested_sized(b: &mut Vec<u8>, field: u32, kept: usize, body: impl FnOnce(&mut Vec<u8>)) {
     tag(b, field, LEN);
     let at = b.len();
-    b.push(0);
+    b.resize(at + kept, 0);
     body(b);
-    let len = b.len() - at - 1;
-    if len < 0x80 {
-        b[at] = len as u8;
-        return;
-    }
+    let len = b.len() - at - kept;
     let (mut prefix, mut n, mut rest) = ([0u8; 10], 0, len as u64);
     while rest >= 0x80 {
         prefix[n] = rest as u8 | 0x80;
@@ -658,7 +659,12 @@ fn nested(b: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
         n += 1;
     }
     prefix[n] = rest as u8;
-    b.splice(at..=at, prefix[..=n].iter().copied());
+    n += 1;
+    if n == kept {
+        b[at..at + kept].copy_from_slice(&prefix[..n]);
+    } else {
+        b.splice(at..at + kept, prefix[..n].iter().copied());
+    }
 }
 
 #[cfg(test)]
@@ -784,7 +790,7 @@ mod tests {
         let batch: Vec<SpanData> = (0..12).map(|n| span(n, scope())).collect();
         let mut items = Vec::new();
         for span in &batch {
-            nested(&mut items, 2, |b| encode_span(b, span));
+            nested_sized(&mut items, 2, 2, |b| encode_span(b, span));
         }
         let encoded = request(&EncodedResource::of(&resource), &scope_of(&scope()), "", &items);
         let ours = ExportTraceServiceRequest::decode(&encoded[..]).expect("decodes");
@@ -856,25 +862,37 @@ mod tests {
 
     #[test]
     fn a_queue_holds_its_capacity_and_counts_what_it_drops_or_cannot_send() {
+        // A collector that takes connections and never answers: each export times out.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(4).collect();
+            std::thread::sleep(Duration::from_secs(30));
+            drop(held);
+        });
         let metrics = Arc::new(Metrics::new());
-        // Nothing listens on port 1: every export fails, at once.
-        let collector = Collector::new(
-            "http://127.0.0.1:1/v1/traces".into(),
-            http::HeaderMap::new(),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        let queue = Queue::start(collector, "spans", 2, 100, Duration::from_secs(60), metrics.clone()).unwrap();
+        let collector = Collector::new(url, http::HeaderMap::new(), Duration::from_millis(500)).unwrap();
+        let queue = Queue::start(collector, "spans", 2, 2, Duration::from_secs(60), metrics.clone()).unwrap();
         let scope = scope();
-        for n in 0..3 {
-            queue.add(&scope, |b| nested(b, 2, |b| encode_span(b, &span(n, scope.clone()))));
+        let add = |n: u64| queue.add(&scope, |b| nested(b, 2, |b| encode_span(b, &span(n, scope.clone()))));
+        add(0);
+        add(1);
+        // A full batch wakes the thread, which takes it and waits on the collector.
+        for _ in 0..100 {
+            if queue.shared.state.lock().unwrap().count == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        queue.flush(Duration::from_secs(10)).unwrap();
-        queue.shutdown().unwrap();
-        queue.add(&scope, |b| nested(b, 2, |b| encode_span(b, &span(4, scope.clone()))));
+        assert_eq!(queue.shared.state.lock().unwrap().count, 0);
+        add(2);
+        add(3);
+        add(4); // past the capacity of 2
+        queue.shutdown().unwrap(); // the queued two are sent (and time out) first
+        add(5); // after shutdown
         assert!(matches!(queue.shutdown(), Err(OTelSdkError::AlreadyShutdown)));
         let text = metrics.render(crate::metrics::Readings::default());
-        for (reason, n) in [("queue_full", 2), ("export_failed", 2)] {
+        for (reason, n) in [("queue_full", 2), ("export_failed", 4)] {
             let line = format!(r#"hero_executor_otlp_dropped_total{{signal="spans",reason="{reason}"}} {n}"#);
             assert!(text.contains(&line), "{line} in {text}");
         }
@@ -883,12 +901,14 @@ mod tests {
     #[test]
     fn lengths_of_every_size_are_written_in_full() {
         for len in [0, 1, 127, 128, 16_383, 16_384, 2_097_152] {
-            let mut b = Vec::new();
-            nested(&mut b, 1, |b| b.extend(std::iter::repeat_n(7u8, len)));
             let mut expected = vec![0x0a];
             varint(&mut expected, len as u64);
             expected.extend(std::iter::repeat_n(7u8, len));
-            assert_eq!(b, expected, "{len}");
+            for kept in 1..=3 {
+                let mut b = Vec::new();
+                nested_sized(&mut b, 1, kept, |b| b.extend(std::iter::repeat_n(7u8, len)));
+                assert_eq!(b, expected, "{len} with {kept} kept");
+            }
         }
     }
 }
