@@ -104,6 +104,13 @@ fn otlp(endpoint: &str, runs: bool) -> OtlpConfig {
     let mut config = OtlpConfig::new(endpoint, runs).unwrap();
     config.delay = Duration::from_millis(50);
     config.timeout = Duration::from_secs(2);
+    // As OTEL_EXPORTER_OTLP_TRACES_HEADERS / _LOGS_HEADERS would set them.
+    config
+        .trace_headers
+        .insert("api-key", HeaderValue::from_static("trace-key"));
+    config
+        .log_headers
+        .insert("api-key", HeaderValue::from_static("log-key"));
     config
 }
 
@@ -163,6 +170,10 @@ async fn spans_continue_the_callers_trace_and_say_what_happened() {
         .await;
     assert_eq!(call["name"], "call echo.whoami");
     assert_eq!(call["trace_id"], TRACE);
+    assert_eq!(
+        call["api_key"], "trace-key",
+        "the configured headers reach the collector"
+    );
     assert_eq!(attr(&call, "hero.capability"), "echo.whoami");
     assert_eq!(attr(&call, "hero.principal"), "agent");
     assert_eq!(attr(&call, "hero.decision"), "allow");
@@ -209,6 +220,7 @@ async fn spans_continue_the_callers_trace_and_say_what_happened() {
         .wait("log", "for the run", |r| attr(r, "hero.run_id") == run_id.as_str())
         .await;
     assert_eq!(record["event_name"], "hero.run");
+    assert_eq!(record["api_key"], "log-key");
     assert_eq!(attr(&record, "hero.status"), "succeeded");
     assert_eq!(attr(&record, "hero.capability"), "echo.whoami");
     assert_eq!(attr(&record, "hero.principal"), "agent");

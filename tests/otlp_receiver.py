@@ -1,6 +1,7 @@
 """An OTLP/HTTP receiver for tests/otlp.rs: decodes what the executor exports with the
 OpenTelemetry project's own protobuf classes (PyPI `opentelemetry-proto`) and prints one
-JSON line per span and per log record on stdout.
+JSON line per span and per log record on stdout, with the `api-key` header its request
+carried.
 
 Listens on 127.0.0.1 at a port the OS picks and prints `listening <port>` first. Answers
 POST /v1/traces and /v1/logs (Content-Type application/x-protobuf) with the matching
@@ -40,7 +41,7 @@ def emit(record):
     sys.stdout.flush()
 
 
-def spans(body):
+def spans(body, api_key):
     request = trace_service_pb2.ExportTraceServiceRequest()
     request.ParseFromString(body)
     for resource_spans in request.resource_spans:
@@ -49,6 +50,7 @@ def spans(body):
             for span in scope_spans.spans:
                 emit({
                     "type": "span",
+                    "api_key": api_key,
                     "resource": resource,
                     "scope": scope_spans.scope.name,
                     "trace_id": span.trace_id.hex(),
@@ -66,7 +68,7 @@ def spans(body):
     return trace_service_pb2.ExportTraceServiceResponse()
 
 
-def logs(body):
+def logs(body, api_key):
     request = logs_service_pb2.ExportLogsServiceRequest()
     request.ParseFromString(body)
     for resource_logs in request.resource_logs:
@@ -75,6 +77,7 @@ def logs(body):
             for record in scope_logs.log_records:
                 emit({
                     "type": "log",
+                    "api_key": api_key,
                     "resource": resource,
                     "scope": scope_logs.scope.name,
                     "event_name": record.event_name,
@@ -101,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
             emit({"type": "error", "error": f"content type {self.headers.get('Content-Type')}"})
             return self.answer(415, b"")
         try:
-            response = decode(body)
+            response = decode(body, self.headers.get("api-key"))
         except Exception as e:  # a body that is not the message: say so
             emit({"type": "error", "error": f"{self.path}: {e}"})
             return self.answer(400, b"")

@@ -14,6 +14,7 @@
 //! OpenTelemetry project's Python classes in `tests/otlp.rs`.
 
 use std::io::Read as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -118,6 +119,9 @@ pub(super) struct Queue {
 
 struct Shared {
     state: Mutex<State>,
+    /// `state.count`, readable without the lock: a full queue turns items away before
+    /// they are encoded.
+    queued: AtomicUsize,
     /// The export thread waits on it: a batch is ready, a flush was asked for, or stop.
     ready: Condvar,
     /// Flushes wait on it for the export thread to have sent what was queued.
@@ -166,6 +170,7 @@ impl Queue {
     ) -> Result<Self, String> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            queued: AtomicUsize::new(0),
             ready: Condvar::new(),
             sent: Condvar::new(),
             collector,
@@ -189,6 +194,10 @@ impl Queue {
     /// Queues one item, written by `encode` (a whole field of the scope's message), from
     /// `scope`. Every item of a queue is from the same scope: the executor's.
     fn add(&self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
+        if self.shared.queued.load(Ordering::Relaxed) >= self.shared.capacity {
+            self.shared.metrics.otlp_dropped(self.shared.signal, "queue_full", 1);
+            return;
+        }
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             encode(scratch);
@@ -206,6 +215,7 @@ impl Queue {
                 }
                 state.items.extend_from_slice(scratch);
                 state.count += 1;
+                shared.queued.store(state.count, Ordering::Relaxed);
                 let full = state.count == shared.batch;
                 drop(state);
                 if full {
@@ -293,6 +303,7 @@ impl Shared {
             let spare = std::mem::take(&mut state.spare);
             let mut items = std::mem::replace(&mut state.items, spare);
             let count = std::mem::take(&mut state.count);
+            self.queued.store(0, Ordering::Relaxed);
             let (resource, scope) = (state.resource.clone(), state.scope.clone());
             let (flushes, stopping) = (state.flushes_asked, state.stopping);
             drop(state);
