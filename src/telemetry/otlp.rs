@@ -336,8 +336,9 @@ impl SpanProcessor for SpanQueue {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        self.0
-            .add(&span.instrumentation_scope, |b| nested(b, 2, |b| encode_span(b, &span)));
+        // A span is 128 bytes to 16 KiB: two bytes for its length.
+        let encode = |b: &mut Vec<u8>| nested_sized(b, 2, 2, |b| encode_span(b, &span));
+        self.0.add(&span.instrumentation_scope, encode);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
