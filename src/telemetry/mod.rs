@@ -9,9 +9,9 @@
 //!
 //! Spans are made with the SDK's tracer. As each ends it is encoded and queued by
 //! [`otlp`]'s processor, on the thread that ended it; one thread per signal sends the
-//! queue to the collector. A queue holds at most 8,192 (`OTEL_BSP_MAX_QUEUE_SIZE`): past that, and
-//! for every batch the collector does not take, spans and records are counted in
-//! `/metrics` as dropped. A slow or absent collector never holds a call up.
+//! queue to the collector. A queue holds at most 8,192 (`OTEL_BSP_MAX_QUEUE_SIZE`): past
+//! that, and for every batch the collector does not take, spans and records are counted
+//! in `/metrics` as dropped. A slow or absent collector never holds a call up.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

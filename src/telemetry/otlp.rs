@@ -766,8 +766,12 @@ mod tests {
         links.dropped_count = 1;
         SpanData {
             span_context: context(0x4bf92f3577b34da6a3ce929d0e0e4736, 100 + n, 1, false),
-            parent_span_id: if n % 2 == 0 { SpanId::from(99) } else { SpanId::INVALID },
-            parent_span_is_remote: n % 4 == 0,
+            parent_span_id: if n.is_multiple_of(2) {
+                SpanId::from(99)
+            } else {
+                SpanId::INVALID
+            },
+            parent_span_is_remote: n.is_multiple_of(4),
             span_kind: [
                 SpanKind::Server,
                 SpanKind::Internal,
