@@ -546,20 +546,7 @@ async fn target(config: char, s: &Setup) -> Result<Option<Target>, Box<dyn std::
         other => return Err(format!("unknown configuration {other}").into()),
     };
     // A fresh data dir each time (a configuration may run at several concurrencies).
-    let data = tempfile::Builder::new()
-        .prefix(&format!("data-{config}-"))
-        .tempdir_in(s.tmp.path())?
-        .keep();
-    let mut command = Command::new(binary("hero_executor"));
-    command
-        .arg("--socket-dir")
-        .arg(&s.sockets)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--rate-limit-rps", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut command = executor_command(s, config)?;
     if config == 'd' {
         command.arg("--policy").arg(&s.policy_path);
     }
@@ -709,11 +696,11 @@ async fn otlp_dropped(rpc_sock: &Path) -> serde_json::Value {
     json!(dropped)
 }
 
-/// Ten calls as ten JSON-RPC requests vs one `script.run` making them, `rounds` times each,
-/// from one client: wall time and executor CPU per round.
-async fn script_rounds(rounds: usize, s: &Setup) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+/// The executor on the bench's sockets with a fresh data dir (named after `config`), no
+/// rate limit and quiet logs: what every configuration starts from.
+fn executor_command(s: &Setup, config: char) -> Result<Command, Box<dyn std::error::Error>> {
     let data = tempfile::Builder::new()
-        .prefix("data-s-")
+        .prefix(&format!("data-{config}-"))
         .tempdir_in(s.tmp.path())?
         .keep();
     let mut command = Command::new(binary("hero_executor"));
@@ -726,7 +713,13 @@ async fn script_rounds(rounds: usize, s: &Setup) -> Result<serde_json::Value, Bo
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let hop = Proc(command.spawn()?);
+    Ok(command)
+}
+
+/// Ten calls as ten JSON-RPC requests vs one `script.run` making them, `rounds` times each,
+/// from one client: wall time and executor CPU per round.
+async fn script_rounds(rounds: usize, s: &Setup) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let hop = Proc(executor_command(s, 's')?.spawn()?);
     let rpc_sock = s.sockets.join("hero_executor/rpc.sock");
     wait_for(&rpc_sock).await;
     let client = hero_executor::client::Client::new(&rpc_sock);

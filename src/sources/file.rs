@@ -28,6 +28,24 @@ pub struct SourceDef {
     pub overrides: BTreeMap<String, IntentOverride>,
 }
 
+#[cfg(test)]
+impl SourceDef {
+    /// A bare MCP-over-HTTP source named `name`, for tests that only need a definition.
+    pub(crate) fn for_test(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            line: 1,
+            kind: Kind::McpHttp {
+                url: reqwest::Url::parse("http://x").unwrap(),
+                headers: Default::default(),
+            },
+            auth: None,
+            timeout: None,
+            overrides: Default::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     OpenApi {

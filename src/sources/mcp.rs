@@ -670,17 +670,7 @@ mod tests {
 
     #[test]
     fn tools_become_methods_with_their_intent() {
-        let def = SourceDef {
-            name: "notes".into(),
-            line: 1,
-            kind: Kind::McpHttp {
-                url: reqwest::Url::parse("http://x").unwrap(),
-                headers: Default::default(),
-            },
-            auth: None,
-            timeout: None,
-            overrides: Default::default(),
-        };
+        let def = SourceDef::for_test("notes");
         let tools = vec![
             json!({"name": "list-notes", "inputSchema": {"type": "object", "properties": {}},
                    "annotations": {"readOnlyHint": true}}),

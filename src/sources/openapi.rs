@@ -647,20 +647,9 @@ fn scalar(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::file::Kind;
 
     fn def() -> SourceDef {
-        SourceDef {
-            name: "pets".into(),
-            line: 1,
-            kind: Kind::McpHttp {
-                url: reqwest::Url::parse("http://x").unwrap(),
-                headers: Default::default(),
-            },
-            auth: None,
-            timeout: None,
-            overrides: Default::default(),
-        }
+        SourceDef::for_test("pets")
     }
 
     #[test]

@@ -37,7 +37,8 @@ mod otlp;
 /// Spans (and, separately, run records) waiting for export at most; past this they are
 /// dropped and counted.
 const QUEUE: usize = 8192;
-/// Spans or records sent in one export request at most.
+/// A queue is sent as soon as it holds this many (one request carries all that is queued:
+/// more, up to [`QUEUE`], after a slow export).
 const EXPORT_BATCH: usize = 512;
 /// How long a batch may wait before it is sent.
 const EXPORT_DELAY: Duration = Duration::from_secs(2);
