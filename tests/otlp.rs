@@ -111,6 +111,10 @@ fn otlp(endpoint: &str, runs: bool) -> OtlpConfig {
     config
         .log_headers
         .insert("api-key", HeaderValue::from_static("log-key"));
+    // As OTEL_RESOURCE_ATTRIBUTES would: the service's own name is not to be replaced.
+    config.resource = [("host.name", "node7"), ("service.name", "impostor")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec();
     config
 }
 
@@ -181,6 +185,7 @@ async fn spans_continue_the_callers_trace_and_say_what_happened() {
     assert_eq!(attr(&call, "hero.surface"), "openrpc");
     assert_eq!(call["status"], "STATUS_CODE_UNSET");
     assert_eq!(call["resource"]["service.name"], "hero_executor");
+    assert_eq!(call["resource"]["host.name"], "node7");
 
     let request = receiver
         .wait("span", "for the request", |s| s["span_id"] == call["parent_span_id"])
@@ -228,6 +233,8 @@ async fn spans_continue_the_callers_trace_and_say_what_happened() {
     assert!(attr(&record, "hero.duration_ms").as_i64().is_some(), "{record}");
     assert_eq!(record["trace_id"], TRACE);
     assert_eq!(record["span_id"], call["span_id"]);
+    assert_eq!(record["resource"], call["resource"]);
+    assert_eq!(record["body"], format!("run {run_id} echo.whoami succeeded"));
 
     // Params and results stay out of every span and record: a value sent (and echoed
     // back), and one quoted by a schema error, are nowhere in what was exported.
@@ -549,4 +556,14 @@ fn a_bad_endpoint_is_refused_at_start() {
         &[("HERO_EXECUTOR_OTLP_RUNS", "1")],
     );
     assert!(on.status.success(), "{}", stderr(&on));
+    let refused = info(
+        &["--otlp-endpoint", "http://127.0.0.1:4318"],
+        &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=node7,region")],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("OTEL_RESOURCE_ATTRIBUTES: entry 2 is not name=value"),
+        "{}",
+        stderr(&refused)
+    );
 }

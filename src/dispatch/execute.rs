@@ -151,7 +151,7 @@ impl Dispatcher {
         run.replay_of = Some(first.id.clone());
         let mut span = traced(span, &mut run);
         if let Some(span) = &mut span {
-            span.set("hero.replay_of", first.id.clone());
+            span.set("hero.replay_of", &first.id);
         }
         if let Decision::Deny(explanation) = &decision {
             let error = ExecError::Denied(explanation.reason.clone());
@@ -205,7 +205,7 @@ impl Dispatcher {
 /// Tells a call's span which run records it, and records the span's trace on the run.
 fn traced(span: Option<Traced>, run: &mut Run) -> Option<Traced> {
     let mut span = span?;
-    span.set("hero.run_id", run.id.clone());
+    span.set("hero.run_id", &run.id);
     run.trace = Some(span.traceparent());
     Some(span)
 }

@@ -7,30 +7,24 @@
 //! An approved call's span is linked to the span of the call that was held. With
 //! `--otlp-runs` each run's final state is also one log record, carrying its call's trace.
 //!
-//! Spans are made with the SDK's tracer. As each ends it is encoded and queued by
-//! [`otlp`]'s processor, on the thread that ended it; one thread per signal sends the
-//! queue to the collector. A queue holds at most 8,192 (`OTEL_BSP_MAX_QUEUE_SIZE`): past
-//! that, and for every batch the collector does not take, spans and records are counted
-//! in `/metrics` as dropped. A slow or absent collector never holds a call up.
+//! Spans and run records are written straight into OTLP's protobuf messages by [`otlp`]: a
+//! span's attributes as they are set, the rest as it ends, on the thread that ends it;
+//! one thread per signal sends the queue to the collector. A queue holds at most 8,192
+//! (`OTEL_BSP_MAX_QUEUE_SIZE`): past that, and for every batch the collector does not
+//! take, spans and records are counted in `/metrics` as dropped. A slow or absent
+//! collector never holds a call up.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span as SdkSpan};
+use std::time::Duration;
 
 use crate::error::ExecError;
 use crate::intent::Caller;
 use crate::metrics::Metrics;
 use crate::policy::Verdict;
 use crate::runs::{Run, RunStatus};
+
+use otlp::{Attributes, Kind, SpanContext};
 
 mod otlp;
 
@@ -65,6 +59,10 @@ pub struct OtlpConfig {
     pub trace_headers: http::HeaderMap,
     /// The same for run records: `OTEL_EXPORTER_OTLP_LOGS_HEADERS`, or else the general ones.
     pub log_headers: http::HeaderMap,
+    /// Resource attributes from `OTEL_RESOURCE_ATTRIBUTES` (`host.name=node7,...`), which
+    /// every span and record carries; `service.name` and `service.version` are the
+    /// executor's whatever it says.
+    pub resource: Vec<(String, String)>,
 }
 
 impl OtlpConfig {
@@ -105,6 +103,10 @@ impl OtlpConfig {
             timeout: env("OTEL_EXPORTER_OTLP_TIMEOUT").map_or(EXPORT_TIMEOUT, Duration::from_millis),
             trace_headers: env_headers("TRACES")?,
             log_headers: env_headers("LOGS")?,
+            resource: match std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
+                Ok(text) => pairs(&text).map_err(|e| format!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?,
+                Err(_) => Vec::new(),
+            },
         })
     }
 
@@ -125,20 +127,13 @@ fn env_headers(signal: &str) -> Result<http::HeaderMap, String> {
     Ok(http::HeaderMap::new())
 }
 
-/// `name=value` pairs separated by commas, each value percent-decoded. An error names the
-/// entry or header, never a value (it may be a key).
+/// Headers from `name=value` pairs ([`pairs`]), their values marked sensitive. An error
+/// names the entry or header, never a value (it may be a key).
 fn parse_headers(text: &str) -> Result<http::HeaderMap, String> {
     let mut headers = http::HeaderMap::new();
-    for (n, entry) in text.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
-        let Some((name, value)) = entry.split_once('=') else {
-            return Err(format!("entry {} is not name=value", n + 1));
-        };
-        let name = name.trim();
-        let header = http::HeaderName::try_from(name).map_err(|_| format!("{name:?} is not a header name"))?;
-        let decoded = percent_encoding::percent_decode_str(value.trim())
-            .decode_utf8()
-            .map_err(|_| format!("the value of {name} is not UTF-8 once percent-decoded"))?;
-        let mut value = http::HeaderValue::try_from(decoded.as_ref())
+    for (name, value) in pairs(text)? {
+        let header = http::HeaderName::try_from(&name).map_err(|_| format!("{name:?} is not a header name"))?;
+        let mut value = http::HeaderValue::try_from(value)
             .map_err(|_| format!("the value of {name} cannot be sent in a header"))?;
         value.set_sensitive(true);
         headers.append(header, value);
@@ -146,11 +141,31 @@ fn parse_headers(text: &str) -> Result<http::HeaderMap, String> {
     Ok(headers)
 }
 
-/// The tracer, and the run logger when `--otlp-runs` is on.
+/// `name=value` pairs separated by commas, names and values trimmed and each value
+/// percent-decoded, as the OpenTelemetry SDKs read their `*_HEADERS` and
+/// `OTEL_RESOURCE_ATTRIBUTES` variables. An error names the entry or name, never a value.
+fn pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    for (n, entry) in text.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        let Some((name, value)) = entry.split_once('=') else {
+            return Err(format!("entry {} is not name=value", n + 1));
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("entry {} has no name", n + 1));
+        }
+        let decoded = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| format!("the value of {name} is not UTF-8 once percent-decoded"))?;
+        pairs.push((name.to_owned(), decoded.into_owned()));
+    }
+    Ok(pairs)
+}
+
+/// The span queue, and the run record queue when `--otlp-runs` is on.
 pub struct Telemetry {
-    tracer: SdkTracer,
-    provider: SdkTracerProvider,
-    runs: Option<(SdkLoggerProvider, SdkLogger)>,
+    spans: Arc<otlp::Queue>,
+    runs: Option<otlp::Queue>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -159,18 +174,43 @@ impl std::fmt::Debug for Telemetry {
     }
 }
 
+/// Where a span starts: a new trace, a caller's span (another process's) or one of ours.
+#[derive(Clone, Copy)]
+enum Parent {
+    None,
+    Remote(SpanContext),
+    Local(SpanContext),
+}
+
+impl Parent {
+    /// The caller's span a `traceparent` names, if it is well formed and valid.
+    fn of(traceparent: Option<&str>) -> Self {
+        traceparent.and_then(span_context).map_or(Parent::None, Parent::Remote)
+    }
+}
+
 impl Telemetry {
-    /// Builds the exporters and starts their batch threads. Nothing is sent until there is
-    /// something to send; a collector that is down only makes exports fail (counted).
+    /// Starts the queues and their threads. Nothing is sent until there is something to
+    /// send; a collector that is down only makes exports fail (counted).
     pub fn start(config: &OtlpConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let resource = Resource::builder()
-            .with_service_name("hero_executor")
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
+        let version = env!("CARGO_PKG_VERSION");
+        let mut resource = config.resource.clone();
+        resource.extend(
+            [
+                ("service.name", "hero_executor"),
+                ("service.version", version),
+                ("telemetry.sdk.name", "hero_executor"),
+                ("telemetry.sdk.language", "rust"),
+                ("telemetry.sdk.version", version),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        let envelope = Arc::new(otlp::Envelope::new(&resource, "hero_executor", version));
         let queue = |path: &str, headers: &http::HeaderMap, signal: &'static str| {
             let collector = otlp::Collector::new(config.signal_url(path), headers.clone(), config.timeout)?;
             otlp::Queue::start(
                 collector,
+                envelope.clone(),
                 signal,
                 config.queue,
                 EXPORT_BATCH,
@@ -178,43 +218,64 @@ impl Telemetry {
                 metrics.clone(),
             )
         };
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(otlp::SpanQueue(queue("/v1/traces", &config.trace_headers, "spans")?))
-            // A caller that asked for no sampling (flags 00) is not traced further.
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
-            .with_resource(resource.clone())
-            .build();
-        let tracer = provider.tracer_with_scope(scope());
+        let spans = Arc::new(queue("/v1/traces", &config.trace_headers, "spans")?);
         let runs = match config.runs {
             false => None,
-            true => {
-                let provider = SdkLoggerProvider::builder()
-                    .with_log_processor(otlp::RecordQueue(queue("/v1/logs", &config.log_headers, "runs")?))
-                    .with_resource(resource)
-                    .build();
-                let logger = provider.logger_with_scope(scope());
-                Some((provider, logger))
-            }
+            true => Some(queue("/v1/logs", &config.log_headers, "runs")?),
         };
-        Ok(Self { tracer, provider, runs })
+        Ok(Self { spans, runs })
     }
 
-    /// Sends what is queued and stops the batch threads (blocks: call it off the async
-    /// workers). Bounded by the exporters' own timeouts.
+    /// Sends what is queued and stops the export threads (blocks: call it off the async
+    /// workers). Bounded by the exports' own timeouts.
     pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::warn!(error = %e, "OTLP trace export did not shut down cleanly");
-        }
-        if let Some((provider, _)) = &self.runs
-            && let Err(e) = provider.shutdown()
-        {
-            tracing::warn!(error = %e, "OTLP run export did not shut down cleanly");
+        for queue in std::iter::once(&*self.spans).chain(&self.runs) {
+            if let Err(e) = queue.shutdown() {
+                tracing::warn!(error = %e, "OTLP export did not shut down cleanly");
+            }
         }
     }
 
     /// Whether final runs are exported as log records.
     pub fn exports_runs(&self) -> bool {
         self.runs.is_some()
+    }
+
+    /// Starts a span under `parent`. A caller that sampled its trace out (flags 00) is not
+    /// recorded (parent-based sampling), but its children still get span ids of their own,
+    /// so the trace is passed on, unsampled.
+    fn begin(
+        &self,
+        parent: Parent,
+        name: Cow<'static, str>,
+        kind: Kind,
+        attributes: Attributes,
+        link: Option<SpanContext>,
+    ) -> Traced {
+        let (trace, flags, parent) = match parent {
+            Parent::None => (random_id(), 1, None),
+            Parent::Remote(p) => (p.trace, p.flags, Some((p.span, true))),
+            Parent::Local(p) => (p.trace, p.flags, Some((p.span, false))),
+        };
+        let context = SpanContext {
+            trace,
+            span: random_id(),
+            flags,
+        };
+        let recording = context.sampled().then(|| Recording {
+            queue: self.spans.clone(),
+            span: otlp::Span {
+                context,
+                parent,
+                name,
+                kind,
+                start: otlp::now(),
+                attributes,
+                link,
+                error: None,
+            },
+        });
+        Traced { context, recording }
     }
 
     /// Starts the span of one request, continuing `traceparent` when the caller sent one.
@@ -237,111 +298,88 @@ impl Telemetry {
             http::Method::PATCH => "PATCH",
             _ => "_OTHER",
         };
-        let span = self
-            .tracer
-            .span_builder(request_name(method, surface))
-            .with_kind(SpanKind::Server)
-            .with_attributes(with_room(
-                [
-                    KeyValue::new("hero.endpoint", surface),
-                    KeyValue::new("http.request.method", method),
-                    KeyValue::new("url.path", clip(path).to_owned()),
-                ],
-                3,
-            ))
-            .start_with_context(&self.tracer, &parent(traceparent));
-        Traced::new(span)
+        // Room for these and the three set when it ends.
+        let mut attributes = Attributes::of_span(192 + path.len().min(MAX_TEXT));
+        attributes.text("hero.endpoint", surface);
+        attributes.text("http.request.method", method);
+        attributes.text("url.path", path);
+        let name = request_name(method, surface);
+        self.begin(Parent::of(traceparent), name, Kind::Server, attributes, None)
     }
 
     /// Starts the span of one capability call. `label` names it (a catalog name or
     /// `unknown`, so invented names do not become span names); the asked name is an
     /// attribute.
     pub fn call(&self, caller: &Caller, surface: &'static str, asked: &str, label: &str) -> Traced {
-        self.call_span(
-            caller.traceparent.as_deref(),
-            caller_attributes(caller, surface, asked),
-            label,
-            None,
-        )
+        // Room for these and the decision, run id, outcome and error code set later.
+        let mut attributes = Attributes::of_span(320 + asked.len().min(MAX_TEXT));
+        attributes.text("hero.capability", asked);
+        attributes.text("hero.principal", &caller.principal.id);
+        attributes.int("hero.context", caller.context as i64);
+        attributes.text("hero.surface", surface);
+        if let Some(user) = &caller.user {
+            attributes.text("hero.user", user);
+        }
+        let parent = Parent::of(caller.traceparent.as_deref());
+        self.begin(parent, format!("call {label}").into(), Kind::Internal, attributes, None)
     }
 
     /// Starts the span of an approved call: a child of the approver's request, linked to
     /// the span of the call that was held (`run.trace`).
     pub fn approved(&self, approver: &Caller, run: &Run) -> Traced {
-        let mut attributes = vec![
-            KeyValue::new("hero.capability", run.name.clone()),
-            KeyValue::new("hero.principal", run.principal.clone()),
-            KeyValue::new("hero.context", run.context as i64),
-            KeyValue::new("hero.surface", run.surface.as_str()),
-            KeyValue::new("hero.run_id", run.id.clone()),
-            KeyValue::new("hero.decision", Verdict::RequireApproval.as_str()),
-            KeyValue::new("hero.approver", crate::access::actor(approver)),
-        ];
+        let mut attributes = Attributes::of_span(512);
+        attributes.text("hero.capability", &run.name);
+        attributes.text("hero.principal", &run.principal);
+        attributes.int("hero.context", run.context as i64);
+        attributes.text("hero.surface", run.surface.as_str());
+        attributes.text("hero.run_id", &run.id);
+        attributes.text("hero.decision", Verdict::RequireApproval.as_str());
+        attributes.text("hero.approver", &crate::access::actor(approver));
         if let Some(user) = run.chain.get(1) {
-            attributes.push(KeyValue::new("hero.user", user.clone()));
+            attributes.text("hero.user", user);
         }
         let held = run.trace.as_deref().and_then(span_context);
-        self.call_span(approver.traceparent.as_deref(), attributes, &run.name, held)
-    }
-
-    fn call_span(
-        &self,
-        parent_trace: Option<&str>,
-        attributes: Vec<KeyValue>,
-        label: &str,
-        held: Option<SpanContext>,
-    ) -> Traced {
-        let mut builder = self
-            .tracer
-            .span_builder(format!("call {label}"))
-            .with_kind(SpanKind::Internal)
-            .with_attributes(attributes);
-        if let Some(held) = held {
-            builder = builder.with_links(vec![Link::with_context(held)]);
-        }
-        Traced::new(builder.start_with_context(&self.tracer, &parent(parent_trace)))
+        let parent = Parent::of(approver.traceparent.as_deref());
+        let name = format!("call {}", run.name).into();
+        self.begin(parent, name, Kind::Internal, attributes, held)
     }
 
     /// Starts the span of a forwarded call, a child of its call's span.
     pub fn upstream(&self, call: &Traced, service: &str, method: &str, run_id: &str) -> Traced {
-        let parent = Context::new().with_remote_span_context(call.context.clone());
-        let span = self
-            .tracer
-            .span_builder(format!("forward {service}.{method}"))
-            .with_kind(SpanKind::Client)
-            .with_attributes(with_room(
-                [
-                    KeyValue::new("rpc.system", "jsonrpc"),
-                    KeyValue::new("rpc.service", service.to_owned()),
-                    KeyValue::new("rpc.method", method.to_owned()),
-                    KeyValue::new("hero.run_id", run_id.to_owned()),
-                ],
-                1,
-            ))
-            .start_with_context(&self.tracer, &parent);
-        Traced::new(span)
+        let mut attributes = Attributes::of_span(160 + service.len() + method.len());
+        attributes.text("rpc.system", "jsonrpc");
+        attributes.text("rpc.service", service);
+        attributes.text("rpc.method", method);
+        attributes.text("hero.run_id", run_id);
+        let name = format!("forward {service}.{method}").into();
+        self.begin(Parent::Local(call.context), name, Kind::Client, attributes, None)
     }
 
     /// Queues `run` (final) as one log record; never blocks. Params and results are left
     /// out (they can be large and are the caller's data); their digest is in.
     pub fn export_run(&self, run: &Run) {
-        let Some((_, logger)) = &self.runs else { return };
-        let mut record = logger.create_log_record();
-        let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-        record.set_timestamp(at(run.finished_at.unwrap_or(run.created_at)));
-        record.set_observed_timestamp(SystemTime::now());
-        record.set_event_name("hero.run");
-        let (severity, text) = severity(run.status);
-        record.set_severity_number(severity);
-        record.set_severity_text(text);
-        record.set_body(AnyValue::String(
-            format!("run {} {} {}", run.id, run.name, run.status.as_str()).into(),
-        ));
-        record.add_attributes(run_attributes(run));
-        if let Some(context) = run.trace.as_deref().and_then(span_context) {
-            record.set_trace_context(context.trace_id(), context.span_id(), Some(context.trace_flags()));
+        let Some(queue) = &self.runs else { return };
+        let at = |ms: i64| ms.max(0) as u64 * 1_000_000;
+        queue.add_record(&otlp::Record {
+            time: at(run.finished_at.unwrap_or(run.created_at)),
+            observed: otlp::now(),
+            severity: severity(run.status),
+            event_name: "hero.run",
+            body: &["run", &run.id, &run.name, run.status.as_str()],
+            trace: run.trace.as_deref().and_then(span_context),
+            attributes: run_attributes(run),
+        });
+    }
+}
+
+/// A span or trace id: random, and never all zeroes (which means "none").
+fn random_id<const N: usize>() -> [u8; N] {
+    loop {
+        let mut id = [0; N];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut id[..]);
+        if id != [0; N] {
+            return id;
         }
-        logger.emit(record);
     }
 }
 
@@ -370,12 +408,6 @@ fn clip(text: &str) -> &str {
     &text[..end]
 }
 
-fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("hero_executor")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
-}
-
 /// A request span's name, `METHOD surface`: the usual ones without making a string.
 fn request_name(method: &'static str, surface: &'static str) -> std::borrow::Cow<'static, str> {
     match (method, surface) {
@@ -389,68 +421,44 @@ fn request_name(method: &'static str, surface: &'static str) -> std::borrow::Cow
     }
 }
 
-/// A span's first attributes, with room for the `room` it is given later (so they are not
-/// moved to a larger vector on the call's path).
-fn with_room<const N: usize>(first: [KeyValue; N], room: usize) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(N + room);
-    attributes.extend(first);
-    attributes
-}
-
-fn caller_attributes(caller: &Caller, surface: &'static str, asked: &str) -> Vec<KeyValue> {
-    // Later: user, decision, run id, outcome, error code.
-    let mut attributes = with_room(
-        [
-            KeyValue::new("hero.capability", asked.to_owned()),
-            KeyValue::new("hero.principal", caller.principal.id.clone()),
-            KeyValue::new("hero.context", caller.context as i64),
-            KeyValue::new("hero.surface", surface),
-        ],
-        5,
-    );
-    if let Some(user) = &caller.user {
-        attributes.push(KeyValue::new("hero.user", user.clone()));
-    }
-    attributes
-}
-
-fn severity(status: RunStatus) -> (Severity, &'static str) {
+/// `SeverityNumber` (INFO 9, WARN 13, ERROR 17) and its text.
+fn severity(status: RunStatus) -> (u64, &'static str) {
     match status {
-        RunStatus::Succeeded | RunStatus::Running | RunStatus::AwaitingApproval => (Severity::Info, "INFO"),
-        RunStatus::Denied | RunStatus::Rejected | RunStatus::Expired | RunStatus::Cancelled => (Severity::Warn, "WARN"),
-        RunStatus::Failed | RunStatus::TimedOut | RunStatus::Interrupted => (Severity::Error, "ERROR"),
+        RunStatus::Succeeded | RunStatus::Running | RunStatus::AwaitingApproval => (9, "INFO"),
+        RunStatus::Denied | RunStatus::Rejected | RunStatus::Expired | RunStatus::Cancelled => (13, "WARN"),
+        RunStatus::Failed | RunStatus::TimedOut | RunStatus::Interrupted => (17, "ERROR"),
     }
 }
 
 /// The fields of a run record, as `hero.*` log attributes.
-fn run_attributes(run: &Run) -> Vec<(&'static str, AnyValue)> {
-    let text = |s: &str| AnyValue::String(clip(s).to_owned().into());
-    let list = |items: &[String]| AnyValue::ListAny(Box::new(items.iter().map(|s| text(s)).collect()));
-    let mut attributes = vec![
-        ("hero.run_id", text(&run.id)),
-        ("hero.capability", text(&run.name)),
-        ("hero.status", text(run.status.as_str())),
-        ("hero.surface", text(run.surface.as_str())),
-        ("hero.principal", text(&run.principal)),
-        ("hero.chain", list(&run.chain)),
-        ("hero.context", AnyValue::Int(run.context as i64)),
-        ("hero.claims", list(&run.claims)),
-        ("hero.decision", text(run.decision.as_str())),
-        ("hero.input_sha256", text(&run.input_sha256)),
-        ("hero.created_at_ms", AnyValue::Int(run.created_at)),
-    ];
-    let optional = [
-        ("hero.user", run.chain.get(1).cloned()),
-        ("hero.parent_id", run.parent_id.clone()),
-        ("hero.replay_of", run.replay_of.clone()),
-        ("hero.rule", run.rule.clone()),
-        ("hero.approver", run.approver.clone()),
-        ("hero.decision_note", run.decision_note.clone()),
-        ("hero.cancelled_by", run.cancelled_by.clone()),
-    ];
-    attributes.extend(optional.into_iter().filter_map(|(k, v)| Some((k, text(&v?)))));
+fn run_attributes(run: &Run) -> Attributes {
+    let mut attributes = Attributes::of_record(1024);
+    attributes.text("hero.run_id", &run.id);
+    attributes.text("hero.capability", &run.name);
+    attributes.text("hero.status", run.status.as_str());
+    attributes.text("hero.surface", run.surface.as_str());
+    attributes.text("hero.principal", &run.principal);
+    attributes.texts("hero.chain", &run.chain);
+    attributes.int("hero.context", run.context as i64);
+    attributes.texts("hero.claims", &run.claims);
+    attributes.text("hero.decision", run.decision.as_str());
+    attributes.text("hero.input_sha256", &run.input_sha256);
+    attributes.int("hero.created_at_ms", run.created_at);
+    for (key, value) in [
+        ("hero.user", run.chain.get(1)),
+        ("hero.parent_id", run.parent_id.as_ref()),
+        ("hero.replay_of", run.replay_of.as_ref()),
+        ("hero.rule", run.rule.as_ref()),
+        ("hero.approver", run.approver.as_ref()),
+        ("hero.decision_note", run.decision_note.as_ref()),
+        ("hero.cancelled_by", run.cancelled_by.as_ref()),
+    ] {
+        if let Some(value) = value {
+            attributes.text(key, value);
+        }
+    }
     if !run.approvers.is_empty() {
-        attributes.push(("hero.approvers", list(&run.approvers)));
+        attributes.texts("hero.approvers", &run.approvers);
     }
     for (key, value) in [
         ("hero.started_at_ms", run.started_at),
@@ -458,103 +466,142 @@ fn run_attributes(run: &Run) -> Vec<(&'static str, AnyValue)> {
         ("hero.duration_ms", run.duration_ms()),
     ] {
         if let Some(value) = value {
-            attributes.push((key, AnyValue::Int(value)));
+            attributes.int(key, value);
         }
     }
     if let Some(error) = &run.error {
-        if let Some(code) = error["code"].as_i64() {
-            attributes.push(("hero.error.code", AnyValue::Int(code)));
+        let code = error["code"].as_i64();
+        if let Some(code) = code {
+            attributes.int("hero.error.code", code);
         }
         if let Some(message) = error["message"].as_str() {
-            attributes.push(("hero.error.message", text(exportable(error["code"].as_i64(), message))));
+            attributes.text("hero.error.message", exportable(code, message));
         }
     }
     attributes
 }
 
-/// A started span and its context (to parent children and to send as `traceparent`).
+/// A span being recorded, and the queue it goes to when it ends.
+struct Recording {
+    queue: Arc<otlp::Queue>,
+    span: otlp::Span,
+}
+
+/// A started span (ended when it is dropped, if not before) and its context, to parent
+/// children and to send as `traceparent`.
 pub struct Traced {
-    span: SdkSpan,
     context: SpanContext,
+    /// None when the trace is sampled out: nothing is recorded.
+    recording: Option<Recording>,
+}
+
+/// A value a span's attribute is set to.
+pub enum Value<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(text: &'a str) -> Self {
+        Value::Text(text)
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(text: &'a String) -> Self {
+        Value::Text(text)
+    }
+}
+
+impl From<i64> for Value<'_> {
+    fn from(n: i64) -> Self {
+        Value::Int(n)
+    }
 }
 
 impl Traced {
-    fn new(span: SdkSpan) -> Self {
-        let context = span.span_context().clone();
-        Self { span, context }
-    }
-
     /// This span as a W3C `traceparent`.
     pub fn traceparent(&self) -> String {
         let context = &self.context;
         let mut text = [0u8; 55];
         text[..3].copy_from_slice(b"00-");
-        hex_into(&mut text[3..35], &context.trace_id().to_bytes());
+        hex_into(&mut text[3..35], &context.trace);
         text[35] = b'-';
-        hex_into(&mut text[36..52], &context.span_id().to_bytes());
+        hex_into(&mut text[36..52], &context.span);
         text[52] = b'-';
-        hex_into(&mut text[53..], &[context.trace_flags().to_u8()]);
+        hex_into(&mut text[53..], &[context.flags]);
         String::from_utf8_lossy(&text).into_owned()
     }
 
-    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
-        self.span.set_attribute(KeyValue::new(key, value));
+    pub fn set<'a>(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
+        if let Some(recording) = &mut self.recording {
+            let attributes = &mut recording.span.attributes;
+            match value.into() {
+                Value::Text(text) => attributes.text(key, text),
+                Value::Int(n) => attributes.int(key, n),
+            }
+        }
+    }
+
+    fn fail(&mut self, description: impl FnOnce() -> String) {
+        if let Some(recording) = &mut self.recording {
+            recording.span.error = Some(description());
+        }
     }
 
     /// Ends a request's span with the status it was answered with.
     pub fn end_request(mut self, status: u16, principal: Option<&str>, request_id: Option<&str>) {
         self.set("http.response.status_code", i64::from(status));
         if let Some(principal) = principal {
-            self.set("hero.principal", principal.to_owned());
+            self.set("hero.principal", principal);
         }
         if let Some(id) = request_id {
             // The id the executor's log lines carry (a caller may send its own).
-            self.set("hero.request_id", clip(id).to_owned());
+            self.set("hero.request_id", id);
         }
         if status >= 500 {
-            self.span.set_status(Status::error(format!("answered {status}")));
+            self.fail(|| format!("answered {status}"));
         }
-        self.span.end();
     }
 
     /// Ends a call's span with how the call ended.
     pub fn end_call(mut self, status: RunStatus, error: Option<&ExecError>) {
-        let outcome = crate::metrics::outcome(status);
-        self.set("hero.outcome", outcome);
+        self.set("hero.outcome", crate::metrics::outcome(status));
         self.end_with(matches!(status, RunStatus::Failed | RunStatus::TimedOut), error);
     }
 
     /// Ends a forwarded call's span: an error if the target did not answer with a result.
-    pub fn end_upstream(self, error: Option<&ExecError>) {
+    pub fn end_upstream(mut self, error: Option<&ExecError>) {
         self.end_with(error.is_some(), error);
     }
 
-    fn end_with(mut self, failed: bool, error: Option<&ExecError>) {
+    fn end_with(&mut self, failed: bool, error: Option<&ExecError>) {
         if let Some(error) = error {
             self.set("hero.error.code", error.code());
         }
         if failed {
-            let message = error.map_or_else(
-                || "failed".to_owned(),
-                |e| exportable(Some(e.code()), &e.to_string()).to_owned(),
-            );
-            self.span.set_status(Status::error(message));
+            self.fail(|| {
+                error.map_or_else(
+                    || "failed".to_owned(),
+                    |e| exportable(Some(e.code()), &e.to_string()).to_owned(),
+                )
+            });
         }
-        self.span.end();
     }
 }
 
-/// The context to start a span in: the caller's remote span, or none (a new trace).
-fn parent(traceparent: Option<&str>) -> Context {
-    match traceparent.and_then(span_context) {
-        Some(remote) => Context::new().with_remote_span_context(remote),
-        None => Context::new(),
+impl Drop for Traced {
+    /// Ends the span: every `end_*` ends it here, and so does a call whose future is
+    /// dropped half way (its caller went away).
+    fn drop(&mut self) {
+        if let Some(recording) = self.recording.take() {
+            recording.queue.add_span(&recording.span, otlp::now());
+        }
     }
 }
 
 /// The span context a W3C `traceparent` names, if it is well formed and valid. Read (and
-/// written, [`Traced::traceparent`]) by hand: the ids' `from_hex` and `Display` cost more
-/// than making the span (three of each per call).
+/// written, [`Traced::traceparent`]) by hand, three of each per call.
 fn span_context(traceparent: &str) -> Option<SpanContext> {
     let text = traceparent.as_bytes();
     if text.len() != 55 || text[2] != b'-' || text[35] != b'-' || text[52] != b'-' {
@@ -564,14 +611,12 @@ fn span_context(traceparent: &str) -> Option<SpanContext> {
     unhex(&text[3..35], &mut trace)?;
     unhex(&text[36..52], &mut span)?;
     unhex(&text[53..55], &mut flags)?;
-    let context = SpanContext::new(
-        TraceId::from_bytes(trace),
-        SpanId::from_bytes(span),
-        TraceFlags::new(flags[0]),
-        true,
-        TraceState::default(),
-    );
-    context.is_valid().then_some(context)
+    let valid = trace != [0; 16] && span != [0; 8];
+    valid.then_some(SpanContext {
+        trace,
+        span,
+        flags: flags[0],
+    })
 }
 
 /// `bytes` as lowercase hex into `text` (twice as long).
@@ -675,9 +720,9 @@ mod tests {
     fn traceparents_round_trip() {
         let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let context = span_context(text).unwrap();
-        assert_eq!(context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(context.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(context.is_sampled());
+        assert_eq!(context.trace, 0x4bf92f3577b34da6a3ce929d0e0e4736_u128.to_be_bytes());
+        assert_eq!(context.span, 0x00f067aa0ba902b7_u64.to_be_bytes());
+        assert!(context.sampled());
         assert!(span_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
         for bad in [
             "",
@@ -690,13 +735,63 @@ mod tests {
             assert!(span_context(bad).is_none(), "{bad}");
         }
         let span = Traced {
-            span: opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .build()
-                .tracer("t")
-                .start_with_context("s", &parent(Some(text))),
-            context: context.clone(),
+            context,
+            recording: None,
         };
         assert_eq!(span.traceparent(), text);
+    }
+
+    fn telemetry() -> Telemetry {
+        let config = OtlpConfig::new("http://127.0.0.1:9", false).unwrap();
+        Telemetry::start(&config, Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[test]
+    fn spans_continue_their_parents_and_a_sampled_out_trace_is_passed_on_unsampled() {
+        let telemetry = telemetry();
+        let post = http::Method::POST;
+        let root = telemetry.request("rpc", &post, "/rpc", None);
+        let recorded = root.recording.as_ref().expect("a new trace is sampled");
+        assert_eq!((recorded.span.parent, root.context.flags), (None, 1));
+        let child = telemetry.upstream(&root, "echo", "echo", "r1");
+        assert_eq!(child.context.trace, root.context.trace);
+        assert_ne!(child.context.span, root.context.span);
+        let recorded = child.recording.as_ref().unwrap();
+        assert_eq!(recorded.span.parent, Some((root.context.span, false)));
+        assert_eq!(recorded.span.kind, Kind::Client);
+
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let continued = telemetry.request("rpc", &post, "/rpc", Some(caller));
+        assert!(
+            continued
+                .traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        let parent = continued.recording.as_ref().unwrap().span.parent;
+        assert_eq!(parent, Some((0x00f067aa0ba902b7_u64.to_be_bytes(), true)));
+
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let out = telemetry.request("rpc", &post, "/rpc", Some(unsampled));
+        assert!(out.recording.is_none());
+        let passed = out.traceparent();
+        assert!(passed.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && passed.ends_with("-00"));
+        assert_ne!(passed, unsampled, "a span id of its own");
+        let under = telemetry.upstream(&out, "echo", "echo", "r1");
+        assert!(under.recording.is_none() && under.traceparent().ends_with("-00"));
+
+        // An invalid traceparent starts a new trace.
+        let fresh = telemetry.request("rpc", &post, "/rpc", Some("00-0000-bad"));
+        assert!(fresh.recording.as_ref().unwrap().span.parent.is_none());
+    }
+
+    #[test]
+    fn resource_attributes_are_name_value_pairs() {
+        assert_eq!(
+            pairs("host.name=node%207, deployment.environment = prod").unwrap(),
+            [("host.name", "node 7"), ("deployment.environment", "prod")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(pairs("=x").unwrap_err(), "entry 1 has no name");
+        assert_eq!(pairs("a=1,b").unwrap_err(), "entry 2 is not name=value");
     }
 
     #[test]

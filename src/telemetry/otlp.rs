@@ -3,28 +3,20 @@
 //! appended to its signal's queue; one thread per signal wraps what is queued as one
 //! `ExportTraceServiceRequest` (or `ExportLogsServiceRequest`) and posts it.
 //!
-//! The SDK's way, its batch processor in front of `opentelemetry-otlp`, moved each span
-//! through a channel to the export thread, converted it there into `opentelemetry-proto`'s
-//! generated structs (a new `String` for every attribute key and value, the batch grouped
-//! in a hash map) and let prost size every nested message once per level it is nested in:
-//! 1.26x the machine instructions of a call without tracing, against a target of 1.10x
-//! (README Decisions). Here a span is written once, in one pass, while it is still in the
-//! cache of the thread that made it, and freed there. The bytes are checked against
-//! `opentelemetry-proto`'s own conversion in the tests below, and decoded by the
+//! A span's attributes are written into its message as they are set, so a span is a few
+//! ids, times and one buffer, and ending it is copying that buffer into the queue. The
+//! OpenTelemetry SDK's way (a `KeyValue` of reference-counted strings per attribute, a
+//! `Context` per span, a batch processor and `opentelemetry-otlp` converting each span into
+//! generated structs on the export thread) cost a call 1.26x the machine instructions of a
+//! call without tracing, against a target of 1.10x (README Decisions). The bytes are
+//! decoded by prost into `opentelemetry-proto`'s structs in the tests below, and by the
 //! OpenTelemetry project's Python classes in `tests/otlp.rs`.
 
+use std::borrow::Cow;
 use std::io::Read as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use opentelemetry::logs::{AnyValue, Severity};
-use opentelemetry::trace::{SpanId, SpanKind, Status, TraceFlags};
-use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord};
-use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 
 use crate::metrics::Metrics;
 
@@ -37,13 +29,12 @@ pub(super) struct Collector {
     client: reqwest::blocking::Client,
     url: String,
     headers: http::HeaderMap,
-    timeout: Duration,
 }
 
 impl Collector {
     /// A client for `url` with `headers` on every request. The blocking client starts its
     /// own runtime, which may not be built on an async worker: it is built on a thread of
-    /// its own (as `opentelemetry-otlp` does).
+    /// its own.
     pub(super) fn new(url: String, mut headers: http::HeaderMap, timeout: Duration) -> Result<Self, String> {
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -59,54 +50,50 @@ impl Collector {
         .join()
         .map_err(|_| "building the OTLP HTTP client panicked".to_owned())?
         .map_err(|e| format!("the OTLP HTTP client: {e}"))?;
-        Ok(Self {
-            client,
-            url,
-            headers,
-            timeout,
-        })
+        Ok(Self { client, url, headers })
     }
 
-    /// Posts one encoded request; an error unless the collector answers 2xx. Blocks (the
-    /// batch processors call exporters on their own threads).
-    fn post(&self, body: Vec<u8>) -> OTelSdkResult {
-        let failed = |e: String| OTelSdkError::InternalFailure(e);
+    /// Posts one encoded request; an error unless the collector answers 2xx. Blocks (it
+    /// runs on the signal's own thread).
+    fn post(&self, body: Vec<u8>) -> Result<(), String> {
         let mut response = self
             .client
             .post(&self.url)
             .headers(self.headers.clone())
             .body(body)
             .send()
-            .map_err(|e| failed(format!("OTLP export to {}: {e}", self.url)))?;
+            .map_err(|e| format!("OTLP export to {}: {e}", self.url))?;
         // Read (bounded) so the connection can be used again.
         let _ = std::io::copy(&mut (&mut response).take(MAX_ANSWER), &mut std::io::sink());
         match response.status() {
             status if status.is_success() => Ok(()),
-            status => Err(failed(format!(
-                "OTLP export to {}: the collector answered {status}",
-                self.url
-            ))),
+            status => Err(format!("OTLP export to {}: the collector answered {status}", self.url)),
         }
     }
 }
 
-/// The resource every request carries, encoded once.
-#[derive(Debug, Default)]
-struct EncodedResource {
-    message: Vec<u8>,
-    schema_url: String,
+/// What every request of both signals carries around its items: the `Resource` (who sends)
+/// and the `InstrumentationScope` (what made them), encoded once at start.
+#[derive(Debug)]
+pub(super) struct Envelope {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
 }
 
-impl EncodedResource {
-    fn of(resource: &Resource) -> Self {
-        let mut message = Vec::new();
-        for (key, value) in resource.iter() {
-            nested(&mut message, 1, |b| key_value(b, key, value));
+impl Envelope {
+    /// A resource with `attributes` (later ones win over earlier ones with the same key) and
+    /// the scope `name` at `version`.
+    pub(super) fn new(attributes: &[(String, String)], name: &str, version: &str) -> Self {
+        let mut resource = Vec::new();
+        for (n, (key, value)) in attributes.iter().enumerate() {
+            if attributes[n + 1..].iter().all(|(later, _)| later != key) {
+                key_value(&mut resource, 1, key, |b| always_string(b, 1, value));
+            }
         }
-        Self {
-            message,
-            schema_url: resource.schema_url().unwrap_or_default().to_owned(),
-        }
+        let mut scope = Vec::new();
+        string(&mut scope, 1, name);
+        string(&mut scope, 2, version);
+        Self { resource, scope }
     }
 }
 
@@ -122,11 +109,10 @@ struct Shared {
     /// `state.count`, readable without the lock: a full queue turns items away before
     /// they are encoded.
     queued: AtomicUsize,
-    /// The export thread waits on it: a batch is ready, a flush was asked for, or stop.
+    /// The export thread waits on it: a batch is ready, or stop.
     ready: Condvar,
-    /// Flushes wait on it for the export thread to have sent what was queued.
-    sent: Condvar,
     collector: Collector,
+    envelope: Arc<Envelope>,
     signal: &'static str,
     capacity: usize,
     batch: usize,
@@ -141,11 +127,6 @@ struct State {
     count: usize,
     /// The buffer the export thread gave back, to be the next `items`.
     spare: Vec<u8>,
-    resource: Arc<EncodedResource>,
-    /// The instrumentation scope of every item, encoded when the first came.
-    scope: Option<Arc<(Vec<u8>, String)>>,
-    flushes_asked: u64,
-    flushes_done: u64,
     stopping: bool,
 }
 
@@ -157,11 +138,12 @@ thread_local! {
 }
 
 impl Queue {
-    /// Starts the thread that posts `signal`'s batches to `collector`: when `batch` items
-    /// are queued or the first has waited `delay`. Past `capacity` items (a collector that
-    /// is slow or down) new ones are dropped and counted.
+    /// Starts the thread that posts `signal`'s batches to `collector`, in `envelope`: when
+    /// `batch` items are queued or the first has waited `delay`. Past `capacity` items (a
+    /// collector that is slow or down) new ones are dropped and counted.
     pub(super) fn start(
         collector: Collector,
+        envelope: Arc<Envelope>,
         signal: &'static str,
         capacity: usize,
         batch: usize,
@@ -172,8 +154,8 @@ impl Queue {
             state: Mutex::new(State::default()),
             queued: AtomicUsize::new(0),
             ready: Condvar::new(),
-            sent: Condvar::new(),
             collector,
+            envelope,
             signal,
             capacity: capacity.max(1),
             batch: batch.clamp(1, capacity.max(1)),
@@ -191,9 +173,8 @@ impl Queue {
         })
     }
 
-    /// Queues one item, written by `encode` (a whole field of the scope's message), from
-    /// `scope`. Every item of a queue is from the same scope: the executor's.
-    fn add(&self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Queues one item, written by `encode` (a whole field of the scope's message).
+    fn add(&self, encode: impl FnOnce(&mut Vec<u8>)) {
         if self.shared.queued.load(Ordering::Relaxed) >= self.shared.capacity {
             self.shared.metrics.otlp_dropped(self.shared.signal, "queue_full", 1);
             return;
@@ -207,12 +188,6 @@ impl Queue {
                 drop(state);
                 shared.metrics.otlp_dropped(shared.signal, "queue_full", 1);
             } else {
-                if state.scope.is_none() {
-                    let mut encoded = Vec::new();
-                    instrumentation_scope(&mut encoded, scope);
-                    let schema_url = scope.schema_url().unwrap_or_default().to_owned();
-                    state.scope = Some(Arc::new((encoded, schema_url)));
-                }
                 state.items.extend_from_slice(scratch);
                 state.count += 1;
                 shared.queued.store(state.count, Ordering::Relaxed);
@@ -228,39 +203,26 @@ impl Queue {
         });
     }
 
-    fn set_resource(&self, resource: &Resource) {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).resource = Arc::new(EncodedResource::of(resource));
+    /// Queues a span that ended at `end` (ns since the epoch).
+    pub(super) fn add_span(&self, span: &Span, end: u64) {
+        // A span is 128 bytes to 16 KiB: two bytes for its length.
+        self.add(|b| nested_sized(b, 2, 2, |b| encode_span(b, span, end)));
     }
 
-    /// Waits (at most `timeout`) until what was queued before the call has been sent.
-    fn flush(&self, timeout: Duration) -> OTelSdkResult {
-        let shared = &self.shared;
-        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.flushes_asked += 1;
-        let asked = state.flushes_asked;
-        shared.ready.notify_one();
-        let (_state, waited) = shared
-            .sent
-            .wait_timeout_while(state, timeout, |s| s.flushes_done < asked && !s.stopping)
-            .unwrap_or_else(|e| e.into_inner());
-        match waited.timed_out() {
-            true => Err(OTelSdkError::Timeout(timeout)),
-            false => Ok(()),
-        }
+    /// Queues a log record.
+    pub(super) fn add_record(&self, record: &Record<'_>) {
+        self.add(|b| nested_sized(b, 2, 2, |b| encode_record(b, record)));
     }
 
     /// Sends what is queued and stops the thread; bounded by the collector's timeout.
-    fn shutdown(&self) -> OTelSdkResult {
+    pub(super) fn shutdown(&self) -> Result<(), String> {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).stopping = true;
         self.shared.ready.notify_one();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         match thread.map(std::thread::JoinHandle::join) {
-            None => Err(OTelSdkError::AlreadyShutdown),
+            None => Err(format!("the OTLP {} queue was shut down already", self.shared.signal)),
             Some(Ok(())) => Ok(()),
-            Some(Err(_)) => Err(OTelSdkError::InternalFailure(format!(
-                "the OTLP {} thread panicked",
-                self.shared.signal
-            ))),
+            Some(Err(_)) => Err(format!("the OTLP {} thread panicked", self.shared.signal)),
         }
     }
 }
@@ -283,13 +245,13 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// The export thread: waits for a batch, a flush, the delay or stop; sends what is
-    /// queued as one request; counts what the collector did not take.
+    /// The export thread: waits for a batch, the delay or stop; sends what is queued as
+    /// one request; counts what the collector did not take.
     fn run(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let deadline = Instant::now() + self.delay;
-            while state.count < self.batch && !state.stopping && state.flushes_done == state.flushes_asked {
+            while state.count < self.batch && !state.stopping {
                 let now = Instant::now();
                 if now >= deadline {
                     break;
@@ -304,23 +266,19 @@ impl Shared {
             let mut items = std::mem::replace(&mut state.items, spare);
             let count = std::mem::take(&mut state.count);
             self.queued.store(0, Ordering::Relaxed);
-            let (resource, scope) = (state.resource.clone(), state.scope.clone());
-            let (flushes, stopping) = (state.flushes_asked, state.stopping);
+            let stopping = state.stopping;
             drop(state);
-            if let Some(scope) = scope.filter(|_| count > 0) {
-                let body = request(&resource, &scope.0, &scope.1, &items);
-                if let Err(error) = self.collector.post(body) {
-                    tracing::debug!(signal = self.signal, count, %error, "OTLP export failed");
-                    self.metrics.otlp_dropped(self.signal, "export_failed", count as u64);
-                }
+            if count > 0
+                && let Err(error) = self.collector.post(request(&self.envelope, &items))
+            {
+                tracing::debug!(signal = self.signal, count, %error, "OTLP export failed");
+                self.metrics.otlp_dropped(self.signal, "export_failed", count as u64);
             }
             items.clear();
             state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if items.capacity() <= 2 * self.batch * 1024 {
                 state.spare = items;
             }
-            state.flushes_done = flushes;
-            self.sent.notify_all();
             if stopping && state.count == 0 {
                 return;
             }
@@ -328,254 +286,212 @@ impl Shared {
     }
 }
 
-/// The span processor: each span is encoded and queued as it ends.
-#[derive(Debug)]
-pub(super) struct SpanQueue(pub(super) Queue);
-
-impl SpanProcessor for SpanQueue {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        // A span is 128 bytes to 16 KiB: two bytes for its length.
-        let encode = |b: &mut Vec<u8>| nested_sized(b, 2, 2, |b| encode_span(b, &span));
-        self.0.add(&span.instrumentation_scope, encode);
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.flush(self.0.shared.collector.timeout)
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource);
-    }
-}
-
-/// The log processor: each run record is encoded and queued as it is emitted.
-#[derive(Debug)]
-pub(super) struct RecordQueue(pub(super) Queue);
-
-impl LogProcessor for RecordQueue {
-    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
-        self.0.add(scope, |b| nested(b, 2, |b| encode_record(b, record)));
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.flush(self.0.shared.collector.timeout)
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource);
-    }
-}
-
 /// One `ExportTraceServiceRequest` (or `ExportLogsServiceRequest`: their fields have the
 /// same numbers) around `items`: one resource, one scope. The lengths are worked out
 /// first, so the items are copied once.
-fn request(resource: &EncodedResource, scope: &[u8], scope_schema: &str, items: &[u8]) -> Vec<u8> {
+fn request(envelope: &Envelope, items: &[u8]) -> Vec<u8> {
     let field = |len: usize| 1 + varint_len(len as u64) + len;
-    let text = |s: &str| if s.is_empty() { 0 } else { field(s.len()) };
-    let scoped = field(scope.len()) + items.len() + text(scope_schema);
-    let resourced = field(resource.message.len()) + field(scoped) + text(&resource.schema_url);
+    let scoped = field(envelope.scope.len()) + items.len();
+    let resourced = field(envelope.resource.len()) + field(scoped);
     let mut b = Vec::with_capacity(field(resourced));
     tag(&mut b, 1, LEN);
     varint(&mut b, resourced as u64);
-    bytes_always(&mut b, 1, &resource.message);
+    bytes_always(&mut b, 1, &envelope.resource);
     tag(&mut b, 2, LEN);
     varint(&mut b, scoped as u64);
-    bytes_always(&mut b, 1, scope);
+    bytes_always(&mut b, 1, &envelope.scope);
     b.extend_from_slice(items);
-    string(&mut b, 3, scope_schema);
-    string(&mut b, 3, &resource.schema_url);
     debug_assert_eq!(b.len(), field(resourced));
     b
 }
 
-/// One `Span` (opentelemetry/proto/trace/v1/trace.proto).
-fn encode_span(b: &mut Vec<u8>, span: &SpanData) {
-    let context = &span.span_context;
-    bytes(b, 1, &context.trace_id().to_bytes());
-    bytes(b, 2, &context.span_id().to_bytes());
-    string(b, 3, &context.trace_state().header());
-    if span.parent_span_id != SpanId::INVALID {
-        bytes(b, 4, &span.parent_span_id.to_bytes());
+/// A span's place in its trace, as W3C trace context carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SpanContext {
+    pub(super) trace: [u8; 16],
+    pub(super) span: [u8; 8],
+    pub(super) flags: u8,
+}
+
+impl SpanContext {
+    /// Whether the trace is sampled (flag 01): only sampled spans are recorded.
+    pub(super) fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
+/// A span's kind, numbered as `Span.SpanKind` numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+}
+
+/// A span being recorded.
+#[derive(Debug)]
+pub(super) struct Span {
+    pub(super) context: SpanContext,
+    /// Its parent's span id, and whether the parent is another process's (a caller's
+    /// `traceparent`).
+    pub(super) parent: Option<([u8; 8], bool)>,
+    pub(super) name: Cow<'static, str>,
+    pub(super) kind: Kind,
+    /// When it started, in ns since the epoch.
+    pub(super) start: u64,
+    pub(super) attributes: Attributes,
+    /// A span of an earlier request it is linked to (an approved call's held call).
+    pub(super) link: Option<SpanContext>,
+    /// Set when it failed: the status's description.
+    pub(super) error: Option<String>,
+}
+
+/// A log record (a run's final state).
+#[derive(Debug)]
+pub(super) struct Record<'a> {
+    /// When it happened and when it was seen, in ns since the epoch.
+    pub(super) time: u64,
+    pub(super) observed: u64,
+    /// `SeverityNumber` and its text.
+    pub(super) severity: (u64, &'static str),
+    pub(super) event_name: &'static str,
+    /// The body, a string: these parts with a space between each two.
+    pub(super) body: &'a [&'a str],
+    /// The span it happened in.
+    pub(super) trace: Option<SpanContext>,
+    pub(super) attributes: Attributes,
+}
+
+/// Attributes, written into the wire format as they are set: a run of `KeyValue` fields.
+/// Strings are clipped to [`super::MAX_TEXT`] bytes, so no caller or target can make an
+/// export carry megabytes.
+#[derive(Debug)]
+pub(super) struct Attributes {
+    /// The field number of the attributes in the message they go in.
+    field: u32,
+    bytes: Vec<u8>,
+}
+
+impl Attributes {
+    /// A span's (`Span.attributes`), with room for `capacity` bytes.
+    pub(super) fn of_span(capacity: usize) -> Self {
+        Self {
+            field: 9,
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// A log record's (`LogRecord.attributes`).
+    pub(super) fn of_record(capacity: usize) -> Self {
+        Self {
+            field: 6,
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
+    pub(super) fn text(&mut self, key: &str, value: &str) {
+        key_value(&mut self.bytes, self.field, key, |b| {
+            always_string(b, 1, super::clip(value))
+        });
+    }
+
+    pub(super) fn int(&mut self, key: &str, value: i64) {
+        key_value(&mut self.bytes, self.field, key, |b| always_varint(b, 3, value as u64));
+    }
+
+    /// A list of strings (an `ArrayValue`).
+    pub(super) fn texts(&mut self, key: &str, values: &[String]) {
+        key_value(&mut self.bytes, self.field, key, |b| {
+            nested(b, 5, |b| {
+                for value in values {
+                    nested(b, 1, |b| always_string(b, 1, super::clip(value)));
+                }
+            });
+        });
+    }
+}
+
+/// One `Span` (opentelemetry/proto/trace/v1/trace.proto) that ended at `end`.
+fn encode_span(b: &mut Vec<u8>, span: &Span, end: u64) {
+    bytes(b, 1, &span.context.trace);
+    bytes(b, 2, &span.context.span);
+    if let Some((parent, _)) = &span.parent {
+        bytes(b, 4, parent);
     }
     string(b, 5, &span.name);
-    let kind = match span.span_kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
-    uint(b, 6, kind);
-    fixed64(b, 7, nanos(span.start_time));
-    fixed64(b, 8, nanos(span.end_time));
-    attributes(b, 9, &span.attributes);
-    uint(b, 10, span.dropped_attributes_count.into());
-    for event in span.events.iter() {
-        nested(b, 11, |b| {
-            fixed64(b, 1, nanos(event.timestamp));
-            string(b, 2, &event.name);
-            attributes(b, 3, &event.attributes);
-            uint(b, 4, event.dropped_attributes_count.into());
-        });
-    }
-    uint(b, 12, span.events.dropped_count.into());
-    for link in span.links.iter() {
-        let context = &link.span_context;
+    uint(b, 6, span.kind as u64);
+    fixed64(b, 7, span.start);
+    fixed64(b, 8, end);
+    b.extend_from_slice(&span.attributes.bytes);
+    if let Some(link) = &span.link {
         nested(b, 13, |b| {
-            bytes(b, 1, &context.trace_id().to_bytes());
-            bytes(b, 2, &context.span_id().to_bytes());
-            string(b, 3, &context.trace_state().header());
-            attributes(b, 4, &link.attributes);
-            uint(b, 5, link.dropped_attributes_count.into());
-            fixed32(b, 6, span_flags(context.is_remote(), context.trace_flags()));
+            bytes(b, 1, &link.trace);
+            bytes(b, 2, &link.span);
+            fixed32(b, 6, span_flags(true, link.flags));
         });
     }
-    uint(b, 14, span.links.dropped_count.into());
-    nested(b, 15, |b| match &span.status {
-        Status::Unset => {}
-        Status::Ok => uint(b, 3, 1),
-        Status::Error { description } => {
-            string(b, 2, description);
-            uint(b, 3, 2);
+    nested(b, 15, |b| {
+        if let Some(description) = &span.error {
+            string(b, 2, super::clip(description));
+            uint(b, 3, 2); // STATUS_CODE_ERROR
         }
     });
-    fixed32(b, 16, span_flags(span.parent_span_is_remote, context.trace_flags()));
+    let remote = span.parent.is_some_and(|(_, remote)| remote);
+    fixed32(b, 16, span_flags(remote, span.context.flags));
 }
 
 /// `SpanFlags`: the W3C trace flags, and whether the parent (or linked) context is remote.
-fn span_flags(remote: bool, flags: TraceFlags) -> u32 {
+fn span_flags(remote: bool, flags: u8) -> u32 {
     const HAS_IS_REMOTE: u32 = 0x100;
     const IS_REMOTE: u32 = 0x200;
-    u32::from(flags.to_u8()) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 }
+    u32::from(flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 }
 }
 
 /// One `LogRecord` (opentelemetry/proto/logs/v1/logs.proto).
-fn encode_record(b: &mut Vec<u8>, record: &SdkLogRecord) {
-    fixed64(b, 1, record.timestamp().map_or(0, nanos));
-    uint(b, 2, record.severity_number().map_or(0, severity_number));
-    string(b, 3, record.severity_text().unwrap_or_default());
-    if let Some(body) = record.body() {
-        nested(b, 5, |b| any_value(b, body));
-    }
-    for (key, value) in record.attributes_iter() {
-        nested(b, 6, |b| {
-            string(b, 1, key.as_str());
-            nested(b, 2, |b| any_value(b, value));
+fn encode_record(b: &mut Vec<u8>, record: &Record<'_>) {
+    fixed64(b, 1, record.time);
+    uint(b, 2, record.severity.0);
+    string(b, 3, record.severity.1);
+    nested(b, 5, |b| {
+        nested(b, 1, |b| {
+            for (n, part) in record.body.iter().enumerate() {
+                if n > 0 {
+                    b.push(b' ');
+                }
+                b.extend_from_slice(super::clip(part).as_bytes());
+            }
         });
+    });
+    b.extend_from_slice(&record.attributes.bytes);
+    if let Some(context) = &record.trace {
+        fixed32(b, 8, u32::from(context.flags));
+        bytes(b, 9, &context.trace);
+        bytes(b, 10, &context.span);
     }
-    if let Some(context) = record.trace_context() {
-        fixed32(b, 8, context.trace_flags.map_or(0, |f| u32::from(f.to_u8())));
-        bytes(b, 9, &context.trace_id.to_bytes());
-        bytes(b, 10, &context.span_id.to_bytes());
-    }
-    fixed64(b, 11, record.observed_timestamp().map_or(0, nanos));
-    string(b, 12, record.event_name().unwrap_or_default());
+    fixed64(b, 11, record.observed);
+    string(b, 12, record.event_name);
 }
 
-/// `SeverityNumber`: TRACE 1 to FATAL4 24, in the order the API declares them.
-fn severity_number(severity: Severity) -> u64 {
-    severity as u64
+/// A `KeyValue` field: `key`, and the `AnyValue` that `value` writes.
+fn key_value(b: &mut Vec<u8>, field: u32, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+    nested(b, field, |b| {
+        string(b, 1, key);
+        nested(b, 2, value);
+    });
 }
 
-/// An `InstrumentationScope`. (A log record's `target` would rename it; the executor sets
-/// none.)
-fn instrumentation_scope(b: &mut Vec<u8>, scope: &InstrumentationScope) {
-    string(b, 1, scope.name());
-    string(b, 2, scope.version().unwrap_or_default());
-    for attribute in scope.attributes() {
-        nested(b, 3, |b| key_value(b, &attribute.key, &attribute.value));
-    }
-}
-
-fn attributes(b: &mut Vec<u8>, field: u32, attributes: &[KeyValue]) {
-    for attribute in attributes {
-        nested(b, field, |b| key_value(b, &attribute.key, &attribute.value));
-    }
-}
-
-/// A `KeyValue` of a span, resource or scope attribute.
-fn key_value(b: &mut Vec<u8>, key: &Key, value: &Value) {
-    string(b, 1, key.as_str());
-    nested(b, 2, |b| attribute_value(b, value));
-}
-
-/// The `AnyValue` of an attribute. One of its fields is always written, even when it is
-/// the field's default: that is how a oneof says which it holds.
-fn attribute_value(b: &mut Vec<u8>, value: &Value) {
-    use opentelemetry::Array;
-    let list = |b: &mut Vec<u8>, each: &mut dyn FnMut(&mut Vec<u8>)| nested(b, 5, |b| each(b));
-    match value {
-        Value::String(s) => always_string(b, 1, s.as_str()),
-        Value::Bool(v) => always_varint(b, 2, u64::from(*v)),
-        Value::I64(v) => always_varint(b, 3, *v as u64),
-        Value::F64(v) => always_double(b, 4, *v),
-        Value::Array(Array::String(items)) => list(b, &mut |b| {
-            for item in items {
-                nested(b, 1, |b| always_string(b, 1, item.as_str()));
-            }
-        }),
-        Value::Array(Array::Bool(items)) => list(b, &mut |b| {
-            for item in items {
-                nested(b, 1, |b| always_varint(b, 2, u64::from(*item)));
-            }
-        }),
-        Value::Array(Array::I64(items)) => list(b, &mut |b| {
-            for item in items {
-                nested(b, 1, |b| always_varint(b, 3, *item as u64));
-            }
-        }),
-        Value::Array(Array::F64(items)) => list(b, &mut |b| {
-            for item in items {
-                nested(b, 1, |b| always_double(b, 4, *item));
-            }
-        }),
-        // Kinds a later API adds: as text rather than lost.
-        other => always_string(b, 1, &other.to_string()),
-    }
-}
-
-/// The `AnyValue` of a log record's body or attribute.
-fn any_value(b: &mut Vec<u8>, value: &AnyValue) {
-    match value {
-        AnyValue::String(s) => always_string(b, 1, s.as_str()),
-        AnyValue::Boolean(v) => always_varint(b, 2, u64::from(*v)),
-        AnyValue::Int(v) => always_varint(b, 3, *v as u64),
-        AnyValue::Double(v) => always_double(b, 4, *v),
-        AnyValue::ListAny(items) => nested(b, 5, |b| {
-            for item in items.iter() {
-                nested(b, 1, |b| any_value(b, item));
-            }
-        }),
-        AnyValue::Map(map) => nested(b, 6, |b| {
-            for (key, item) in map.iter() {
-                nested(b, 1, |b| {
-                    string(b, 1, key.as_str());
-                    nested(b, 2, |b| any_value(b, item));
-                });
-            }
-        }),
-        AnyValue::Bytes(bytes) => bytes_always(b, 7, bytes),
-        // Kinds a later API adds: as text rather than lost.
-        other => always_string(b, 1, &format!("{other:?}")),
-    }
-}
-
-fn nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+/// Now, in ns since the epoch.
+pub(super) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
 }
 
 // The protocol buffers wire format (protobuf.dev/programming-guides/encoding): fields
-// whose value is the default are left out, as proto3 encoders do.
+// whose value is the default are left out, as proto3 encoders do. An `AnyValue`'s one
+// field is always written, even when it is the default: that is how a oneof says which
+// it holds.
 
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
@@ -610,11 +526,6 @@ fn fixed64(b: &mut Vec<u8>, field: u32, value: u64) {
         tag(b, field, FIXED64);
         b.extend_from_slice(&value.to_le_bytes());
     }
-}
-
-fn always_double(b: &mut Vec<u8>, field: u32, value: f64) {
-    tag(b, field, FIXED64);
-    b.extend_from_slice(&value.to_le_bytes());
 }
 
 fn fixed32(b: &mut Vec<u8>, field: u32, value: u32) {
@@ -681,199 +592,271 @@ fn nested_sized(b: &mut Vec<u8>, field: u32, kept: usize, body: impl FnOnce(&mut
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
-    use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _};
-    use opentelemetry::trace::{Event, Link, SpanContext, TraceId, TraceState};
-    use opentelemetry::{Array, StringValue};
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-    use opentelemetry_proto::transform::logs::tonic::group_logs_by_resource_and_scope;
-    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-    use opentelemetry_sdk::logs::LogBatch;
-    use opentelemetry_sdk::logs::SdkLoggerProvider;
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span, status};
     use prost::Message as _;
 
     use super::*;
 
+    fn envelope() -> Envelope {
+        let attributes = [
+            ("service.name", "someone else"),
+            ("host.name", "node7"),
+            ("service.name", "hero_executor"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        Envelope::new(&attributes, "hero_executor", "0.1.0")
+    }
+
+    fn text(key: &str, value: &str) -> KeyValue {
+        let value = any_value::Value::StringValue(value.to_owned());
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..KeyValue::default()
+        }
+    }
+
+    fn int(key: &str, value: i64) -> KeyValue {
+        let value = any_value::Value::IntValue(value);
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..KeyValue::default()
+        }
+    }
+
+    fn texts(key: &str, values: &[&str]) -> KeyValue {
+        let values = values
+            .iter()
+            .map(|v| AnyValue {
+                value: Some(any_value::Value::StringValue((*v).to_owned())),
+            })
+            .collect();
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::ArrayValue(ArrayValue { values })),
+            }),
+            ..KeyValue::default()
+        }
+    }
+
     fn resource() -> Resource {
-        Resource::builder_empty()
-            .with_service_name("hero_executor")
-            .with_attribute(KeyValue::new("service.version", "0.1.0"))
-            .with_attribute(KeyValue::new("host.cores", 2))
-            .with_schema_url([], "https://opentelemetry.io/schemas/1.30.0")
-            .build()
+        Resource {
+            attributes: vec![text("host.name", "node7"), text("service.name", "hero_executor")],
+            ..Resource::default()
+        }
     }
 
     fn scope() -> InstrumentationScope {
-        InstrumentationScope::builder("hero_executor")
-            .with_version("0.1.0")
-            .with_attributes([KeyValue::new("scope.kind", "test")])
-            .build()
-    }
-
-    fn context(trace: u128, span: u64, flags: u8, remote: bool) -> SpanContext {
-        let state = TraceState::from_key_value([("vendor", "x")]).unwrap();
-        SpanContext::new(
-            TraceId::from(trace),
-            SpanId::from(span),
-            TraceFlags::new(flags),
-            remote,
-            state,
-        )
-    }
-
-    /// Every kind of attribute value, including defaults (a oneof must still say which it
-    /// holds) and strings whose lengths cross the one-byte length boundary.
-    fn every_value() -> Vec<KeyValue> {
-        vec![
-            KeyValue::new("s", "text"),
-            KeyValue::new("empty", ""),
-            KeyValue::new("s127", "a".repeat(120)),
-            KeyValue::new("s128", "é".repeat(64)),
-            KeyValue::new("long", "x".repeat(20_000)),
-            KeyValue::new("t", true),
-            KeyValue::new("f", false),
-            KeyValue::new("zero", 0_i64),
-            KeyValue::new("negative", -42_i64),
-            KeyValue::new("max", i64::MAX),
-            KeyValue::new("pi", 3.25_f64),
-            KeyValue::new("nought", 0.0_f64),
-            KeyValue::new(
-                "strings",
-                Value::Array(Array::String(vec![StringValue::from("a"), "".into()])),
-            ),
-            KeyValue::new("bools", Value::Array(Array::Bool(vec![true, false]))),
-            KeyValue::new("ints", Value::Array(Array::I64(vec![0, -1, 300]))),
-            KeyValue::new("floats", Value::Array(Array::F64(vec![0.5, -0.0]))),
-            KeyValue::new("none", Value::Array(Array::I64(vec![]))),
-        ]
-    }
-
-    fn span(n: u64, scope: InstrumentationScope) -> SpanData {
-        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(1_763_000_000_000 + ms);
-        let mut events = SpanEvents::default();
-        events
-            .events
-            .push(Event::new("retry", at(n + 1), vec![KeyValue::new("attempt", 2)], 1));
-        events.dropped_count = 3;
-        let mut links = SpanLinks::default();
-        links
-            .links
-            .push(Link::new(context(7, 8, 0, true), vec![KeyValue::new("held", "r1")], 0));
-        links.dropped_count = 1;
-        SpanData {
-            span_context: context(0x4bf92f3577b34da6a3ce929d0e0e4736, 100 + n, 1, false),
-            parent_span_id: if n.is_multiple_of(2) {
-                SpanId::from(99)
-            } else {
-                SpanId::INVALID
-            },
-            parent_span_is_remote: n.is_multiple_of(4),
-            span_kind: [
-                SpanKind::Server,
-                SpanKind::Internal,
-                SpanKind::Client,
-                SpanKind::Producer,
-                SpanKind::Consumer,
-            ][n as usize % 5]
-                .clone(),
-            name: Cow::Owned(format!("call echo.echo {n}")),
-            start_time: at(n),
-            end_time: at(n + 5),
-            attributes: if n == 0 {
-                every_value()
-            } else {
-                vec![KeyValue::new("n", n as i64)]
-            },
-            dropped_attributes_count: n as u32,
-            events,
-            links,
-            status: match n % 3 {
-                0 => Status::Unset,
-                1 => Status::Ok,
-                _ => Status::error(format!("failed {n}")),
-            },
-            instrumentation_scope: scope,
+        InstrumentationScope {
+            name: "hero_executor".into(),
+            version: "0.1.0".into(),
+            ..InstrumentationScope::default()
         }
+    }
+
+    fn context(trace: u8, span: u8, flags: u8) -> SpanContext {
+        SpanContext {
+            trace: [trace; 16],
+            span: [span; 8],
+            flags,
+        }
+    }
+
+    /// Every kind of value the executor writes, including defaults (a oneof must still say
+    /// which it holds), strings whose lengths cross the one-byte length boundary, and one
+    /// past the clipping length.
+    fn every_value() -> (Attributes, Vec<KeyValue>) {
+        let mut ours = Attributes::of_span(16);
+        let mut theirs = Vec::new();
+        let long = "x".repeat(20_000);
+        for (key, value) in [
+            ("s", "text"),
+            ("empty", ""),
+            ("s127", &*"a".repeat(120)),
+            ("s128", &*"é".repeat(64)),
+            ("long", &*long),
+        ] {
+            ours.text(key, value);
+            theirs.push(text(key, super::super::clip(value)));
+        }
+        assert_eq!(super::super::clip(&long).len(), super::super::MAX_TEXT);
+        for (key, value) in [("zero", 0), ("negative", -42), ("max", i64::MAX)] {
+            ours.int(key, value);
+            theirs.push(int(key, value));
+        }
+        ours.texts("chain", &["a".to_owned(), String::new()]);
+        theirs.push(texts("chain", &["a", ""]));
+        ours.texts("none", &[]);
+        theirs.push(texts("none", &[]));
+        (ours, theirs)
+    }
+
+    fn span(n: u8) -> (Span, opentelemetry_proto::tonic::trace::v1::Span) {
+        let (attributes, expected) = match n {
+            0 => every_value(),
+            _ => {
+                let mut ours = Attributes::of_span(0);
+                ours.int("n", n.into());
+                (ours, vec![int("n", n.into())])
+            }
+        };
+        let parent = match n % 3 {
+            0 => None,
+            1 => Some(([99; 8], true)),
+            _ => Some(([98; 8], false)),
+        };
+        let kind = [Kind::Server, Kind::Internal, Kind::Client][usize::from(n % 3)];
+        let link = (n % 2 == 1).then(|| context(7, 8, 0));
+        let error = (n % 4 == 2).then(|| format!("failed {n}"));
+        let flags = if n == 5 { 3 } else { 1 };
+        let start = 1_763_000_000_000_000_000 + u64::from(n);
+        let ours = Span {
+            context: context(0x4b, 100 + n, flags),
+            parent,
+            name: format!("call echo.echo {n}").into(),
+            kind,
+            start,
+            attributes,
+            link,
+            error: error.clone(),
+        };
+        let remote = parent.is_some_and(|(_, remote)| remote);
+        let theirs = opentelemetry_proto::tonic::trace::v1::Span {
+            trace_id: vec![0x4b; 16],
+            span_id: vec![100 + n; 8],
+            parent_span_id: parent.map_or(vec![], |(id, _)| id.to_vec()),
+            name: format!("call echo.echo {n}"),
+            kind: kind as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 5,
+            attributes: expected,
+            links: link
+                .map(|l| span::Link {
+                    trace_id: l.trace.to_vec(),
+                    span_id: l.span.to_vec(),
+                    flags: 0x300,
+                    ..span::Link::default()
+                })
+                .into_iter()
+                .collect(),
+            status: Some(match error {
+                Some(message) => Status {
+                    message,
+                    code: status::StatusCode::Error as i32,
+                },
+                None => Status::default(),
+            }),
+            flags: u32::from(flags) | 0x100 | if remote { 0x200 } else { 0 },
+            ..Default::default()
+        };
+        (ours, theirs)
     }
 
     #[test]
-    fn spans_are_encoded_as_the_sdk_would_encode_them() {
-        let resource = resource();
-        let batch: Vec<SpanData> = (0..12).map(|n| span(n, scope())).collect();
+    fn spans_decode_as_the_opentelemetry_protocol_says() {
         let mut items = Vec::new();
-        for span in &batch {
-            nested_sized(&mut items, 2, 2, |b| encode_span(b, span));
+        let mut expected = Vec::new();
+        for n in 0..12 {
+            let (ours, theirs) = span(n);
+            nested_sized(&mut items, 2, 2, |b| encode_span(b, &ours, ours.start + 5));
+            expected.push(theirs);
         }
-        let encoded = request(&EncodedResource::of(&resource), &scope_of(&scope()), "", &items);
-        let ours = ExportTraceServiceRequest::decode(&encoded[..]).expect("decodes");
+        let encoded = request(&envelope(), &items);
+        let decoded = ExportTraceServiceRequest::decode(&encoded[..]).expect("decodes");
         let theirs = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(batch, &ResourceAttributesWithSchema::from(&resource)),
+            resource_spans: vec![ResourceSpans {
+                resource: Some(resource()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans: expected,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
         };
-        assert_eq!(ours, theirs);
-        assert_eq!(ours.resource_spans[0].scope_spans[0].spans.len(), 12);
+        assert_eq!(decoded, theirs);
     }
 
     #[test]
-    fn log_records_are_encoded_as_the_sdk_would_encode_them() {
-        let resource = resource();
-        let provider = SdkLoggerProvider::builder().build();
-        let logger = provider.logger_with_scope(scope());
-        let mut full = logger.create_log_record();
-        full.set_timestamp(UNIX_EPOCH + Duration::from_millis(1_763_000_000_123));
-        full.set_observed_timestamp(UNIX_EPOCH + Duration::from_millis(1_763_000_000_456));
-        full.set_event_name("hero.run");
-        full.set_severity_number(Severity::Warn);
-        full.set_severity_text("WARN");
-        full.set_body(AnyValue::String("run r1 echo.echo denied".into()));
-        let map: std::collections::HashMap<Key, AnyValue> = [
-            (Key::from("code"), AnyValue::Int(-32002)),
-            (
-                Key::from("nested"),
-                AnyValue::ListAny(Box::new(vec![AnyValue::Boolean(false)])),
-            ),
-        ]
-        .into();
-        full.add_attributes([
-            ("hero.run_id", AnyValue::String("r1".into())),
-            ("hero.context", AnyValue::Int(0)),
-            ("hero.ratio", AnyValue::Double(0.5)),
-            ("hero.ok", AnyValue::Boolean(true)),
-            ("hero.chain", AnyValue::ListAny(Box::new(vec!["a".into(), "b".into()]))),
-            ("hero.error", AnyValue::Map(Box::new(map))),
-            ("hero.digest", AnyValue::Bytes(Box::new(vec![0, 1, 255]))),
-            ("hero.note", AnyValue::String("n".repeat(300).into())),
-        ]);
-        full.set_trace_context(TraceId::from(5), SpanId::from(6), Some(TraceFlags::SAMPLED));
-        // The SDK's logger sets the observed time of a record that has none when it emits it.
-        let observed = UNIX_EPOCH + Duration::from_millis(1_763_000_000_789);
-        let mut bare = logger.create_log_record();
-        bare.set_observed_timestamp(observed);
-        bare.set_severity_number(Severity::Fatal4);
-        let scope = scope();
-        let records = [(&full, &scope), (&bare, &scope)];
-        let mut items = Vec::new();
-        for (record, _) in records {
-            nested(&mut items, 2, |b| encode_record(b, record));
-        }
-        let encoded = request(&EncodedResource::of(&resource), &scope_of(&scope), "", &items);
-        let ours = ExportLogsServiceRequest::decode(&encoded[..]).unwrap();
-        let theirs = ExportLogsServiceRequest {
-            resource_logs: group_logs_by_resource_and_scope(
-                &LogBatch::new(&records),
-                &ResourceAttributesWithSchema::from(&resource),
-            ),
+    fn log_records_decode_as_the_opentelemetry_protocol_says() {
+        let mut attributes = Attributes::of_record(64);
+        attributes.text("hero.run_id", "r1");
+        attributes.int("hero.context", 0);
+        attributes.texts("hero.chain", &["a".to_owned(), "b".to_owned()]);
+        attributes.text("hero.note", &"n".repeat(300));
+        let full = Record {
+            time: 1_763_000_000_123_000_000,
+            observed: 1_763_000_000_456_000_000,
+            severity: (13, "WARN"),
+            event_name: "hero.run",
+            body: &["run", "r1", "echo.echo", "denied"],
+            trace: Some(context(5, 6, 1)),
+            attributes,
         };
-        assert_eq!(ours, theirs);
-    }
-
-    fn scope_of(scope: &InstrumentationScope) -> Vec<u8> {
-        let mut encoded = Vec::new();
-        instrumentation_scope(&mut encoded, scope);
-        encoded
+        let bare = Record {
+            time: 0,
+            observed: 7,
+            severity: (24, ""),
+            event_name: "",
+            body: &[],
+            trace: None,
+            attributes: Attributes::of_record(0),
+        };
+        let mut items = Vec::new();
+        for record in [&full, &bare] {
+            nested_sized(&mut items, 2, 2, |b| encode_record(b, record));
+        }
+        let encoded = request(&envelope(), &items);
+        let decoded = ExportLogsServiceRequest::decode(&encoded[..]).unwrap();
+        let body = |s: &str| {
+            Some(AnyValue {
+                value: Some(any_value::Value::StringValue(s.to_owned())),
+            })
+        };
+        let theirs = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(resource()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records: vec![
+                        LogRecord {
+                            time_unix_nano: full.time,
+                            observed_time_unix_nano: full.observed,
+                            severity_number: 13,
+                            severity_text: "WARN".into(),
+                            body: body("run r1 echo.echo denied"),
+                            attributes: vec![
+                                text("hero.run_id", "r1"),
+                                int("hero.context", 0),
+                                texts("hero.chain", &["a", "b"]),
+                                text("hero.note", &"n".repeat(300)),
+                            ],
+                            flags: 1,
+                            trace_id: vec![5; 16],
+                            span_id: vec![6; 8],
+                            event_name: "hero.run".into(),
+                            ..LogRecord::default()
+                        },
+                        LogRecord {
+                            observed_time_unix_nano: 7,
+                            severity_number: 24,
+                            body: body(""),
+                            ..LogRecord::default()
+                        },
+                    ],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        assert_eq!(decoded, theirs);
     }
 
     #[test]
@@ -888,9 +871,21 @@ mod tests {
         });
         let metrics = Arc::new(Metrics::new());
         let collector = Collector::new(url, http::HeaderMap::new(), Duration::from_millis(500)).unwrap();
-        let queue = Queue::start(collector, "spans", 2, 2, Duration::from_secs(60), metrics.clone()).unwrap();
-        let scope = scope();
-        let add = |n: u64| queue.add(&scope, |b| nested(b, 2, |b| encode_span(b, &span(n, scope.clone()))));
+        let envelope = Arc::new(envelope());
+        let queue = Queue::start(
+            collector,
+            envelope,
+            "spans",
+            2,
+            2,
+            Duration::from_secs(60),
+            metrics.clone(),
+        )
+        .unwrap();
+        let add = |n: u8| {
+            let span = span(n).0;
+            queue.add_span(&span, span.start + 5);
+        };
         add(0);
         add(1);
         // A full batch wakes the thread, which takes it and waits on the collector.
@@ -906,7 +901,7 @@ mod tests {
         add(4); // past the capacity of 2
         queue.shutdown().unwrap(); // the queued two are sent (and time out) first
         add(5); // after shutdown
-        assert!(matches!(queue.shutdown(), Err(OTelSdkError::AlreadyShutdown)));
+        assert!(queue.shutdown().unwrap_err().contains("shut down already"));
         let text = metrics.render(crate::metrics::Readings::default());
         for (reason, n) in [("queue_full", 2), ("export_failed", 4)] {
             let line = format!(r#"hero_executor_otlp_dropped_total{{signal="spans",reason="{reason}"}} {n}"#);
