@@ -19,8 +19,9 @@ use super::{Run, RunStatus, now_ms};
 use crate::db::{Db, DbError};
 use crate::error::ExecError;
 
-/// Told, on the writer thread, of each run that reached a final status (after its commit).
-/// Must not block: `--otlp-runs` queues the record for export.
+/// Told, on the writer thread, of each run that reached a final status (after its commit),
+/// without its params and result when it ended in a later commit than it began (they are
+/// not exported). Must not block: `--otlp-runs` queues the record for export.
 pub type RunSink = Arc<dyn Fn(&Run) + Send + Sync>;
 
 /// A run changed status.
@@ -594,6 +595,136 @@ mod tests {
             finished_at: None,
             expires_at: None,
         }
+    }
+
+    /// Every run that reaches a final status is handed to the exporter once, as the store
+    /// has it (params and result aside): inserted final, ended in a later commit (journaled
+    /// or not), approved then ended, cancelled, expired, and a transition that did not apply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exported_runs_are_the_stored_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        let exported = Arc::new(std::sync::Mutex::new(Vec::<Run>::new()));
+        let sink: RunSink = {
+            let exported = exported.clone();
+            Arc::new(move |run: &Run| exported.lock().unwrap().push(run.clone()))
+        };
+        let store = RunStore::open_exporting(&path, Db::open(&path).unwrap(), Some(sink)).unwrap();
+        let mut ids = Vec::new();
+
+        let denied = Run {
+            status: RunStatus::Denied,
+            finished_at: Some(now_ms()),
+            ..run(1)
+        };
+        ids.push(denied.id.clone());
+        store.insert(denied).await.unwrap();
+
+        let ended = run(2);
+        ids.push(ended.id.clone());
+        store.insert(ended.clone()).await.unwrap();
+        let started = Changes {
+            started_at: Some(now_ms()),
+            ..Changes::default()
+        };
+        // Not running yet as far as this transition asks: it does not apply.
+        let refused = store
+            .transition(
+                &ended.id,
+                &[RunStatus::AwaitingApproval],
+                RunStatus::Rejected,
+                Changes::default(),
+            )
+            .await
+            .unwrap();
+        assert!(!refused);
+        let failed = Changes {
+            finished_at: Some(now_ms() + 5),
+            error: Some(serde_json::json!({"code": 7, "message": "target failed"})),
+            result: Some("{}".into()),
+            ..started.clone()
+        };
+        store.finish(&ended.id, RunStatus::Failed, failed).unwrap();
+
+        let held = Run {
+            status: RunStatus::AwaitingApproval,
+            expires_at: Some(now_ms() + 60_000),
+            approvers: vec!["owner".into()],
+            ..run(3)
+        };
+        ids.push(held.id.clone());
+        store.insert(held.clone()).await.unwrap();
+        let approved = Changes {
+            approver: Some("owner".into()),
+            decision_note: Some("fine".into()),
+            ..started.clone()
+        };
+        assert!(
+            store
+                .transition(&held.id, &[RunStatus::AwaitingApproval], RunStatus::Running, approved)
+                .await
+                .unwrap()
+        );
+        let done = Changes {
+            finished_at: Some(now_ms() + 9),
+            result: Some("{\"ok\":true}".into()),
+            ..Changes::default()
+        };
+        assert!(
+            store
+                .transition(&held.id, &[RunStatus::Running], RunStatus::Succeeded, done)
+                .await
+                .unwrap()
+        );
+
+        let cancelled = run(4);
+        ids.push(cancelled.id.clone());
+        store.insert(cancelled.clone()).await.unwrap();
+        let by = Changes {
+            cancelled_by: Some("owner".into()),
+            finished_at: Some(now_ms()),
+            ..Changes::default()
+        };
+        assert!(
+            store
+                .transition(&cancelled.id, &[RunStatus::Running], RunStatus::Cancelled, by)
+                .await
+                .unwrap()
+        );
+
+        let due = Run {
+            status: RunStatus::AwaitingApproval,
+            expires_at: Some(now_ms() - 1),
+            ..run(5)
+        };
+        ids.push(due.id.clone());
+        store.insert(due).await.unwrap();
+        assert_eq!(store.expire_due().await.unwrap().len(), 1);
+
+        store.flush().await.unwrap();
+        let exported = exported.lock().unwrap().clone();
+        assert_eq!(exported.len(), ids.len(), "each final run once: {exported:#?}");
+        for id in &ids {
+            let stored = store.get(id).await.unwrap().expect("stored");
+            assert!(stored.status.is_final(), "{stored:?}");
+            let out = exported.iter().find(|r| &r.id == id).expect("exported");
+            let aside = |run: &Run| Run {
+                input: None,
+                result: None,
+                ..run.clone()
+            };
+            assert_eq!(
+                serde_json::to_value(aside(out)).unwrap(),
+                serde_json::to_value(aside(&stored)).unwrap()
+            );
+        }
+        // Those that ended in a later commit came from the writer's memory, not a read
+        // (which has the params); the one inserted final and the expired one have them.
+        let from_memory: Vec<bool> = ids
+            .iter()
+            .map(|id| exported.iter().find(|r| &r.id == id).unwrap().input.is_none())
+            .collect();
+        assert_eq!(from_memory, [false, true, true, true, false]);
     }
 
     /// Under steady writes the WAL is checkpointed and restarted, not grown without end (a

@@ -169,6 +169,7 @@ pub(super) fn writer_loop(
     folding: &Folding,
 ) {
     let mut last = 0;
+    let mut unfinished = Unfinished::new();
     // Journaled writes whose commit failed: tried again first, never dropped.
     let mut retry: Vec<Job> = Vec::new();
     loop {
@@ -199,7 +200,7 @@ pub(super) fn writer_loop(
                 // Exported before anyone waiting is answered: a flush (shutdown) that returns
                 // has every final run it waited for with the exporter.
                 if let Some(export) = &folding.export {
-                    export_finals(conn, export, finals(&batch, &results));
+                    export_finals(conn, export, finals(&batch, &results, &mut unfinished));
                 }
                 settle(batch, results, &events, folding);
             }
@@ -278,14 +279,51 @@ enum Final {
     Id(String),
 }
 
-/// The runs a committed batch made final.
-fn finals(batch: &[Job], results: &[Result<Applied, String>]) -> Vec<Final> {
+/// Runs inserted and not final yet, kept (without their params and result, which are not
+/// exported) while runs are exported: a run that ends in a later commit is exported from
+/// here, with the transition applied as the store applied it to the row, rather than read
+/// back. At most [`UNFINISHED_KEPT`]; a run not here is read.
+type Unfinished = std::collections::HashMap<String, Run>;
+
+/// Unfinished runs kept for export at most (a few hundred bytes each).
+const UNFINISHED_KEPT: usize = 4096;
+
+/// The runs a committed batch made final; `unfinished` follows the batch.
+fn finals(batch: &[Job], results: &[Result<Applied, String>], unfinished: &mut Unfinished) -> Vec<Final> {
     let mut finals = Vec::new();
     for (job, result) in batch.iter().zip(results) {
         let Ok(applied) = result else { continue };
+        match &job.op {
+            Op::Insert(run) if applied.rows > 0 && !run.status.is_final() && unfinished.len() < UNFINISHED_KEPT => {
+                let kept = Run {
+                    input: None,
+                    result: None,
+                    ..(**run).clone()
+                };
+                unfinished.insert(run.id.clone(), kept);
+            }
+            Op::Transition { id, to, changes, .. } if applied.rows > 0 => {
+                if let Some(run) = unfinished.get_mut(id) {
+                    run.end(
+                        *to,
+                        super::store::Changes {
+                            result: None,
+                            error: changes.error.clone(),
+                            approver: changes.approver.clone(),
+                            decision_note: changes.decision_note.clone(),
+                            cancelled_by: changes.cancelled_by.clone(),
+                            ..**changes
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
         for event in applied.events.iter().filter(|e| e.status.is_final()) {
-            finals.push(match &job.op {
-                Op::Insert(run) if run.id == event.id => Final::Run(run.clone()),
+            let kept = unfinished.remove(&event.id);
+            finals.push(match (&job.op, kept) {
+                (Op::Insert(run), _) if run.id == event.id => Final::Run(run.clone()),
+                (Op::Transition { .. }, Some(run)) if run.status == event.status => Final::Run(Box::new(run)),
                 _ => Final::Id(event.id.clone()),
             });
         }

@@ -530,7 +530,8 @@ impl Traced {
         hex_into(&mut text[36..52], &context.span);
         text[52] = b'-';
         hex_into(&mut text[53..], &[context.flags]);
-        String::from_utf8_lossy(&text).into_owned()
+        // Hex digits and dashes: always ASCII.
+        std::str::from_utf8(&text).unwrap_or_default().to_owned()
     }
 
     pub fn set<'a>(&mut self, key: &'static str, value: impl Into<Value<'a>>) {
