@@ -699,6 +699,8 @@ mod tests {
         };
         ids.push(due.id.clone());
         store.insert(due).await.unwrap();
+        // The insert is journaled; expiry reads SQLite.
+        store.flush().await.unwrap();
         assert_eq!(store.expire_due().await.unwrap().len(), 1);
 
         store.flush().await.unwrap();
@@ -725,6 +727,48 @@ mod tests {
             .map(|id| exported.iter().find(|r| &r.id == id).unwrap().input.is_none())
             .collect();
         assert_eq!(from_memory, [false, true, true, true, false]);
+    }
+
+    /// The runs kept for export are bounded: past the bound the oldest is let go, and is
+    /// read back when it ends; the newest is still exported from memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_kept_for_export_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        let exported = Arc::new(std::sync::Mutex::new(Vec::<Run>::new()));
+        let sink: RunSink = {
+            let exported = exported.clone();
+            Arc::new(move |run: &Run| exported.lock().unwrap().push(run.clone()))
+        };
+        let store = RunStore::open_exporting(&path, Db::open(&path).unwrap(), Some(sink)).unwrap();
+        let runs: Vec<Run> = (0..=super::super::writer::UNFINISHED_KEPT).map(run).collect();
+        for chunk in runs.chunks(256) {
+            futures::future::join_all(chunk.iter().map(|r| store.insert(r.clone())))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()
+                .unwrap();
+        }
+        // The first in id order (UUIDv7: time order) is the one let go.
+        let ids = runs.iter().map(|r| &r.id);
+        let (oldest, newest) = (ids.clone().min().unwrap(), ids.max().unwrap());
+        for id in [oldest, newest] {
+            let done = Changes {
+                finished_at: Some(now_ms()),
+                ..Changes::default()
+            };
+            assert!(
+                store
+                    .transition(id, &[RunStatus::Running], RunStatus::Succeeded, done)
+                    .await
+                    .unwrap()
+            );
+        }
+        store.flush().await.unwrap();
+        let exported = exported.lock().unwrap().clone();
+        let input = |id: &str| exported.iter().find(|r| r.id == id).expect("exported").input.is_some();
+        assert!(input(oldest), "the oldest was let go and read back");
+        assert!(!input(newest), "the newest came from memory");
     }
 
     /// Under steady writes the WAL is checkpointed and restarted, not grown without end (a

@@ -282,11 +282,13 @@ enum Final {
 /// Runs inserted and not final yet, kept (without their params and result, which are not
 /// exported) while runs are exported: a run that ends in a later commit is exported from
 /// here, with the transition applied as the store applied it to the row, rather than read
-/// back. At most [`UNFINISHED_KEPT`]; a run not here is read.
-type Unfinished = std::collections::HashMap<String, Run>;
+/// back. At most [`UNFINISHED_KEPT`]: past that the oldest is let go (run ids are UUIDv7,
+/// ordered by time), since a run that never ends here (its caller went away mid-call, or
+/// it waits long for approval) must not keep its place; a run not here is read.
+type Unfinished = std::collections::BTreeMap<String, Run>;
 
 /// Unfinished runs kept for export at most (a few hundred bytes each).
-const UNFINISHED_KEPT: usize = 4096;
+pub(super) const UNFINISHED_KEPT: usize = 4096;
 
 /// The runs a committed batch made final; `unfinished` follows the batch.
 fn finals(batch: &[Job], results: &[Result<Applied, String>], unfinished: &mut Unfinished) -> Vec<Final> {
@@ -294,7 +296,10 @@ fn finals(batch: &[Job], results: &[Result<Applied, String>], unfinished: &mut U
     for (job, result) in batch.iter().zip(results) {
         let Ok(applied) = result else { continue };
         match &job.op {
-            Op::Insert(run) if applied.rows > 0 && !run.status.is_final() && unfinished.len() < UNFINISHED_KEPT => {
+            Op::Insert(run) if applied.rows > 0 && !run.status.is_final() => {
+                if unfinished.len() >= UNFINISHED_KEPT {
+                    unfinished.pop_first();
+                }
                 let kept = Run {
                     input: None,
                     result: None,

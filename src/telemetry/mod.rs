@@ -359,7 +359,7 @@ impl Telemetry {
     /// out (they can be large and are the caller's data); their digest is in.
     pub fn export_run(&self, run: &Run) {
         let Some(queue) = &self.runs else { return };
-        let at = |ms: i64| ms.max(0) as u64 * 1_000_000;
+        let at = |ms: i64| (ms.max(0) as u64).saturating_mul(1_000_000);
         queue.add_record(&otlp::Record {
             time: at(run.finished_at.unwrap_or(run.created_at)),
             observed: otlp::now(),

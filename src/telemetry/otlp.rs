@@ -109,7 +109,7 @@ struct Shared {
     /// `state.count`, readable without the lock: a full queue turns items away before
     /// they are encoded.
     queued: AtomicUsize,
-    /// The export thread waits on it: a batch is ready, or stop.
+    /// The export thread waits on it: a first item, a batch is ready, or stop.
     ready: Condvar,
     collector: Collector,
     envelope: Arc<Envelope>,
@@ -179,28 +179,44 @@ impl Queue {
             self.shared.metrics.otlp_dropped(self.shared.signal, "queue_full", 1);
             return;
         }
-        SCRATCH.with_borrow_mut(|scratch| {
+        let mut encode = Some(encode);
+        let kept = SCRATCH.try_with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
             scratch.clear();
-            encode(scratch);
-            let shared = &self.shared;
-            let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.count >= shared.capacity || state.stopping {
-                drop(state);
-                shared.metrics.otlp_dropped(shared.signal, "queue_full", 1);
-            } else {
-                state.items.extend_from_slice(scratch);
-                state.count += 1;
-                shared.queued.store(state.count, Ordering::Relaxed);
-                let full = state.count == shared.batch;
-                drop(state);
-                if full {
-                    shared.ready.notify_one();
-                }
+            if let Some(encode) = encode.take() {
+                encode(&mut scratch);
             }
+            self.append(&scratch);
             if scratch.capacity() > SCRATCH_KEPT {
                 *scratch = Vec::new();
             }
         });
+        // A span ended while its thread is being torn down (its scratch buffer is gone).
+        if let (Err(_), Some(encode)) = (kept, encode) {
+            let mut bytes = Vec::new();
+            encode(&mut bytes);
+            self.append(&bytes);
+        }
+    }
+
+    /// Appends one encoded item, unless the queue is full or stopping (then it is counted as
+    /// dropped). The first item of a batch wakes the export thread to time the batch.
+    fn append(&self, item: &[u8]) {
+        let shared = &self.shared;
+        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.count >= shared.capacity || state.stopping {
+            drop(state);
+            shared.metrics.otlp_dropped(shared.signal, "queue_full", 1);
+            return;
+        }
+        state.items.extend_from_slice(item);
+        state.count += 1;
+        shared.queued.store(state.count, Ordering::Relaxed);
+        let wake = state.count == 1 || state.count == shared.batch;
+        drop(state);
+        if wake {
+            shared.ready.notify_one();
+        }
     }
 
     /// Queues a span that ended at `end` (ns since the epoch).
@@ -245,11 +261,16 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// The export thread: waits for a batch, the delay or stop; sends what is queued as
-    /// one request; counts what the collector did not take.
+    /// The export thread: waits for a first item, then for a batch, the delay or stop;
+    /// sends what is queued as one request; counts what the collector did not take.
     fn run(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            // Idle until there is something to send: no wake-ups on an idle node, and no
+            // spinning when the delay is 0.
+            while state.count == 0 && !state.stopping {
+                state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
             let deadline = Instant::now() + self.delay;
             while state.count < self.batch && !state.stopping {
                 let now = Instant::now();
@@ -907,6 +928,57 @@ mod tests {
             let line = format!(r#"hero_executor_otlp_dropped_total{{signal="spans",reason="{reason}"}} {n}"#);
             assert!(text.contains(&line), "{line} in {text}");
         }
+    }
+
+    /// With no delay each item is sent as it comes, and an idle export thread sleeps
+    /// rather than spins (`OTEL_BSP_SCHEDULE_DELAY=0`).
+    #[test]
+    fn a_queue_without_delay_sends_at_once_and_sleeps_when_idle() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(1).collect();
+            std::thread::sleep(Duration::from_secs(30));
+            drop(held);
+        });
+        let metrics = Arc::new(Metrics::new());
+        let collector = Collector::new(url, http::HeaderMap::new(), Duration::from_millis(300)).unwrap();
+        let queue = Queue::start(collector, Arc::new(envelope()), "idle", 8, 8, Duration::ZERO, metrics).unwrap();
+        let span = span(1).0;
+        queue.add_span(&span, span.start + 5);
+        for _ in 0..100 {
+            if queue.shared.state.lock().unwrap().count == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            queue.shared.state.lock().unwrap().count,
+            0,
+            "taken without waiting for a batch"
+        );
+        // The export times out after 300 ms; then the thread has nothing to do for a second.
+        std::thread::sleep(Duration::from_millis(1300));
+        let ticks = || -> u64 {
+            for task in std::fs::read_dir("/proc/self/task").unwrap() {
+                let dir = task.unwrap().path();
+                if std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() == "otlp-idle" {
+                    let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+                    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+                    return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+                }
+            }
+            panic!("no otlp-idle thread");
+        };
+        let before = ticks();
+        std::thread::sleep(Duration::from_millis(500));
+        // A spinning thread would use about 50 ticks of the 500 ms (100 a second).
+        assert!(
+            ticks() - before <= 5,
+            "the idle export thread used {} ticks",
+            ticks() - before
+        );
+        queue.shutdown().unwrap();
     }
 
     #[test]
