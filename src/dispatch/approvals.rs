@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::task::AbortHandle;
 
 use super::Dispatcher;
-use super::forward::{Call, forward_headers};
+use super::forward::{Call, child_traceparent, forward_headers};
 use super::record::claims_of;
 use crate::access;
 use crate::access::actor;
@@ -232,7 +232,7 @@ impl Dispatcher {
             run.context,
             run.chain.get(1).cloned(),
             &run.id,
-            run.trace.as_deref(),
+            child_traceparent(run.trace.as_deref()),
         );
         let call = Call {
             run_id: run.id.clone(),

@@ -119,35 +119,31 @@ impl Forwarder {
 }
 
 /// Headers of a forwarded call, all derived from the caller (never copied from its request).
+/// `traceparent` is what the target is sent (empty: the forwarded span's, set later).
 pub(super) fn forward_headers(
     claims: &Claims,
     context: u64,
     user: Option<String>,
     run_id: &str,
-    traceparent: Option<&str>,
+    traceparent: String,
 ) -> ForwardHeaders {
     ForwardHeaders {
         context,
         claims: claims.header_value(),
         user,
         run_id: run_id.to_owned(),
-        traceparent: child_traceparent(traceparent),
+        traceparent,
     }
 }
 
 /// The headers of `caller`'s call recorded as `run_id`. A traced call's `traceparent` is
 /// its forwarded span's, set by [`Forwarder::forward`].
 pub(super) fn caller_headers(caller: &Caller, run_id: &str, traced: bool) -> ForwardHeaders {
-    ForwardHeaders {
-        context: caller.context,
-        claims: caller.claims.header_value(),
-        user: caller.user.clone(),
-        run_id: run_id.to_owned(),
-        traceparent: match traced {
-            true => String::new(),
-            false => child_traceparent(caller.traceparent.as_deref()),
-        },
-    }
+    let traceparent = match traced {
+        true => String::new(),
+        false => child_traceparent(caller.traceparent.as_deref()),
+    };
+    forward_headers(&caller.claims, caller.context, caller.user.clone(), run_id, traceparent)
 }
 
 /// The outcome a final (or pending) run stands for.
@@ -182,7 +178,7 @@ pub(super) fn outcome_of(run: &Run) -> Outcome {
 
 /// A W3C `traceparent` for the forwarded call: the caller's trace with a new span id, or a
 /// new trace when the caller sent none.
-fn child_traceparent(parent: Option<&str>) -> String {
+pub(super) fn child_traceparent(parent: Option<&str>) -> String {
     let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
     match parent.and_then(|p| p.split('-').nth(1).zip(p.split('-').nth(3))) {
         Some((trace_id, flags)) => format!("00-{trace_id}-{span}-{flags}"),

@@ -597,19 +597,25 @@ mod tests {
         }
     }
 
-    /// Every run that reaches a final status is handed to the exporter once, as the store
-    /// has it (params and result aside): inserted final, ended in a later commit (journaled
-    /// or not), approved then ended, cancelled, expired, and a transition that did not apply.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn exported_runs_are_the_stored_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("runs.db");
+    /// A store in `dir` whose exporter collects what it is handed.
+    fn exporting(dir: &std::path::Path) -> (RunStore, Arc<std::sync::Mutex<Vec<Run>>>) {
+        let path = dir.join("runs.db");
         let exported = Arc::new(std::sync::Mutex::new(Vec::<Run>::new()));
         let sink: RunSink = {
             let exported = exported.clone();
             Arc::new(move |run: &Run| exported.lock().unwrap().push(run.clone()))
         };
         let store = RunStore::open_exporting(&path, Db::open(&path).unwrap(), Some(sink)).unwrap();
+        (store, exported)
+    }
+
+    /// Every run that reaches a final status is handed to the exporter once, as the store
+    /// has it (params and result aside): inserted final, ended in a later commit (journaled
+    /// or not), approved then ended, cancelled, expired, and a transition that did not apply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exported_runs_are_the_stored_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, exported) = exporting(dir.path());
         let mut ids = Vec::new();
 
         let denied = Run {
@@ -734,13 +740,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_kept_for_export_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("runs.db");
-        let exported = Arc::new(std::sync::Mutex::new(Vec::<Run>::new()));
-        let sink: RunSink = {
-            let exported = exported.clone();
-            Arc::new(move |run: &Run| exported.lock().unwrap().push(run.clone()))
-        };
-        let store = RunStore::open_exporting(&path, Db::open(&path).unwrap(), Some(sink)).unwrap();
+        let (store, exported) = exporting(dir.path());
         let runs: Vec<Run> = (0..=super::super::writer::UNFINISHED_KEPT).map(run).collect();
         for chunk in runs.chunks(256) {
             futures::future::join_all(chunk.iter().map(|r| store.insert(r.clone())))

@@ -880,18 +880,23 @@ mod tests {
         assert_eq!(decoded, theirs);
     }
 
-    #[test]
-    fn a_queue_holds_its_capacity_and_counts_what_it_drops_or_cannot_send() {
-        // A collector that takes connections and never answers: each export times out.
+    /// A collector that takes `connections` and never answers: each export times out after
+    /// `timeout`.
+    fn never_answering(connections: usize, timeout: Duration) -> Collector {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
         std::thread::spawn(move || {
-            let held: Vec<_> = listener.incoming().take(4).collect();
+            let held: Vec<_> = listener.incoming().take(connections).collect();
             std::thread::sleep(Duration::from_secs(30));
             drop(held);
         });
+        Collector::new(url, http::HeaderMap::new(), timeout).unwrap()
+    }
+
+    #[test]
+    fn a_queue_holds_its_capacity_and_counts_what_it_drops_or_cannot_send() {
         let metrics = Arc::new(Metrics::new());
-        let collector = Collector::new(url, http::HeaderMap::new(), Duration::from_millis(500)).unwrap();
+        let collector = never_answering(4, Duration::from_millis(500));
         let envelope = Arc::new(envelope());
         let queue = Queue::start(
             collector,
@@ -934,15 +939,8 @@ mod tests {
     /// rather than spins (`OTEL_BSP_SCHEDULE_DELAY=0`).
     #[test]
     fn a_queue_without_delay_sends_at_once_and_sleeps_when_idle() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            let held: Vec<_> = listener.incoming().take(1).collect();
-            std::thread::sleep(Duration::from_secs(30));
-            drop(held);
-        });
         let metrics = Arc::new(Metrics::new());
-        let collector = Collector::new(url, http::HeaderMap::new(), Duration::from_millis(300)).unwrap();
+        let collector = never_answering(1, Duration::from_millis(300));
         let queue = Queue::start(collector, Arc::new(envelope()), "idle", 8, 8, Duration::ZERO, metrics).unwrap();
         let span = span(1).0;
         queue.add_span(&span, span.start + 5);
