@@ -590,7 +590,11 @@ impl HttpTarget {
         let credentials = auth
             .resolve()
             .map_err(|why| ExecError::TargetUnavailable(format!("{}: {why}", self.source)))?;
-        headers.extend(credentials.headers);
+        // The credential replaces a header parameter of the same name (appended beside it, a
+        // target may read the caller's value first).
+        for (name, value) in credentials.headers {
+            headers.insert(name, value);
+        }
         if let Some((name, value)) = &credentials.query {
             url.query_pairs_mut().append_pair(name, value);
         }
@@ -714,8 +718,12 @@ components:
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let echo = |headers: http::HeaderMap, uri: http::Uri| async move {
             let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned());
-            axum::Json(json!({"authorization": auth, "uri": uri.to_string(),
-                              "x-key": headers.get("x-key").map(|v| v.to_str().unwrap().to_owned())}))
+            let keys: Vec<String> = headers
+                .get_all("x-key")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect();
+            axum::Json(json!({"authorization": auth, "uri": uri.to_string(), "x-key": keys}))
         };
         let app = axum::Router::new()
             .route("/items/{id}", get(echo))
@@ -733,10 +741,12 @@ components:
             params: vec![
                 ("id".into(), "id".into(), Location::Path),
                 ("q".into(), "q".into(), Location::Query),
+                ("x-key".into(), "x-key".into(), Location::Header),
             ],
             body: None,
         };
-        let params = json!({"id": "a b?c", "q": ["1", "2"]});
+        // `x-key` is also the header credential's name below: a caller cannot send its own.
+        let params = json!({"id": "a b?c", "q": ["1", "2"], "x-key": "guess"});
         let auths = [
             (
                 Auth::Bearer {
@@ -784,6 +794,11 @@ components:
                 answer["uri"].as_str().unwrap().starts_with("/items/a%20b%3Fc?q=1&q=2"),
                 "{answer}"
             );
+            let sent = match def.auth {
+                Some(Auth::Header { .. }) => "[redacted]",
+                _ => "guess",
+            };
+            assert_eq!(answer["x-key"], json!([sent]), "only the credential, when it is one");
         }
         for bad in ["../admin", "a/b", "..", "%2e%2e", "a\\b", ""] {
             let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024, 4).unwrap();
