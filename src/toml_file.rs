@@ -61,7 +61,15 @@ impl<'a> FileErrors<'a> {
 }
 
 /// A TOML error message without the values it quotes (`invalid type: integer \`1234\``).
+/// Messages about fields quote only names (the file's keys and the expected ones) and are
+/// kept whole, so an unknown or missing field is named.
 fn without_values(message: &str) -> String {
+    if ["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|p| message.starts_with(p))
+    {
+        return message.to_owned();
+    }
     let parts: Vec<&str> = message
         .split('`')
         .enumerate()

@@ -147,6 +147,28 @@ async fn limits_stop_scripts_and_the_daemon_keeps_serving() {
     let many = script(&s.agent, "for i in 0..1000 { echo::counter_get(); } 1", json!({})).await;
     assert_eq!(many["status"], "failed", "{many}");
     assert_eq!(many["totals"]["calls"], 100, "the call limit: {many}");
+    assert_eq!(many["error"]["limit"], true, "{many}");
+    // A script cannot pass its own error off as a limit by its text.
+    let faked = script(
+        &s.agent,
+        r#"throw "too many capability calls (at most 100)""#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(faked["status"], "failed", "{faked}");
+    assert!(faked["error"]["limit"].is_null(), "{faked}");
+    // Variables in a scope are bounded (each value is, by the size limits).
+    let hoard: String = (0..300).map(|i| format!("let v{i} = {i}; ")).collect();
+    let hoarded = script(&s.agent, &format!("{hoard} 1"), json!({})).await;
+    assert_eq!(hoarded["status"], "failed", "{hoarded}");
+    assert_eq!(hoarded["error"]["limit"], true, "{hoarded}");
+    // The source is kept whole, but args past the run store's cap are not: only the
+    // digest of the whole input is (the largest source and 400 KB of args).
+    let big_args = script(&s.agent, "args.len()", json!({"args": "a".repeat(400_000)})).await;
+    assert_eq!(big_args["value"], 400_000, "{}", big_args["error"]);
+    let stored = rpc(&sock, "runs.get", json!({"run_id": big_args["run_id"]})).await["result"].clone();
+    assert_eq!(stored["input_truncated"], true, "{}", stored["input_sha256"]);
+    assert!(stored["params"].is_null(), "the args are not stored");
     // Still serving.
     let pong = rpc(&sock, "echo.echo", json!({"message": "still here"})).await;
     assert_eq!(pong["result"]["message"], "still here");
@@ -174,7 +196,18 @@ async fn the_sandbox_has_no_files_network_environment_or_modules() {
             result["status"] == "failed" || (result["status"] == "succeeded" && result["value"]["ok"] == false);
         assert!(refused, "{why}: {result}");
         assert!(!result.to_string().contains("root:x:0:0"), "{why}: {result}");
-    }
+    } // The executor's own methods are not capabilities, also for a caller who may use them.
+    let source = r#"invoke("keys.add", #{keyid: "x", public_key: "y", claims: ["*"]})"#;
+    let owner = rpc(&s.node.rpc_sock(), "script.run", json!({"source": source})).await["result"].clone();
+    assert_eq!(owner["value"]["ok"], false, "{owner}");
+    assert_eq!(owner["value"]["error"]["code"], -32602, "{owner}");
+    assert!(
+        owner["value"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("executor's own methods"),
+        "{owner}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,6 +292,18 @@ pub fn discover() -> Outcome {
 
 /// A capability call: never one of the executor's own names, whichever surface built it.
 async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, e: Execute) -> Outcome {
+    run_within(d, caller, surface, e, None).await
+}
+
+/// `execute`; `within` names the run this call is part of and the id its own run gets (a
+/// script's call).
+pub(crate) async fn run_within(
+    d: &Dispatcher,
+    caller: &Caller,
+    surface: Surface,
+    e: Execute,
+    within: Option<(String, String)>,
+) -> Outcome {
     let invalid = |message: String| match e.by_method {
         true => ExecError::MethodNotFound(message),
         false => ExecError::invalid_params(message),
@@ -310,8 +322,8 @@ async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, e: Execute) -> O
         params: e.params.filter(|p| !p.is_null()),
         surface,
         idempotency_key: e.idempotency_key,
-        parent_id: None,
-        run_id: None,
+        parent_id: within.as_ref().map(|(parent, _)| parent.clone()),
+        run_id: within.map(|(_, run)| run),
     };
     let outcome = d.execute(intent).await;
     if !e.by_method {

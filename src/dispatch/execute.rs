@@ -13,7 +13,7 @@ use super::{Dispatcher, subject};
 use crate::telemetry::Traced;
 
 /// Longest idempotency key, in bytes.
-const MAX_IDEMPOTENCY_KEY: usize = 256;
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 impl Dispatcher {
     /// Runs one capability: decide, record, validate, forward (or hold for approval).

@@ -30,6 +30,7 @@ use crate::runs::RunStatus;
 use crate::runs::store::RunStore;
 use crate::telemetry::{Telemetry, Traced};
 use crate::upstream::Upstream;
+pub(crate) use execute::MAX_IDEMPOTENCY_KEY;
 use forward::Forwarder;
 pub use forward::valid_traceparent;
 pub(crate) use record::{Input, new_run};

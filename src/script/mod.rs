@@ -84,10 +84,17 @@ pub async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, request: Scr
             limits.max_source_bytes
         )));
     }
+    // Each call's key is `<key>/<n>`: room for the suffix within a call's own bound.
+    let max_key = crate::dispatch::MAX_IDEMPOTENCY_KEY - 8;
     if let Some(key) = &request.idempotency_key
-        && (key.is_empty() || key.len() > 200)
+        && (key.is_empty() || key.len() > max_key)
     {
-        return Err(ExecError::invalid_params("idempotency_key is 1-200 bytes"));
+        return Err(ExecError::invalid_params(format!(
+            "idempotency_key is 1-{max_key} bytes"
+        )));
+    }
+    if request.timeout_ms == Some(0) {
+        return Err(ExecError::invalid_params("timeout_ms is at least 1"));
     }
     let timeout = request
         .timeout_ms
@@ -104,8 +111,11 @@ pub async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, request: Scr
             .or_default()
             .push((interface::function_name(&cap.method), cap.name.clone()));
     }
-    // A turn among the scripts running at once, within the script's own time.
-    let _turn = tokio::time::timeout(timeout, d.script_slots().acquire_owned())
+    // A turn among the scripts running at once, within the script's own time. It is held
+    // by the script's thread, so a caller that goes away does not free it early.
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let turn = tokio::time::timeout(timeout, d.script_slots().acquire_owned())
         .await
         .map_err(|_| {
             ExecError::TooMany(format!(
@@ -114,11 +124,10 @@ pub async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, request: Scr
             ))
         })?
         .map_err(|_| ExecError::Internal("script limiter closed".into()))?;
-    let parent = script_run(caller, surface, &request);
+    // The source is kept whole (it is bounded); the args as any params are.
+    let parent = script_run(caller, surface, &request, limits.max_source_bytes + d.payload_cap());
     let parent_id = parent.id.clone();
     d.runs().insert(parent).await?;
-    let started = Instant::now();
-    let deadline = started + timeout;
     let cancelled = Arc::new(AtomicBool::new(false));
     // A caller that goes away stops its script.
     struct Cancel(Arc<AtomicBool>);
@@ -132,8 +141,10 @@ pub async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, request: Scr
     let source = request.source.clone();
     let flag = cancelled.clone();
     let services: Vec<(String, Vec<(String, String)>)> = services.into_iter().collect();
-    let mut sandbox =
-        tokio::task::spawn_blocking(move || sandbox::execute(&source, args, &limits, deadline, flag, tx, services));
+    let mut sandbox = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        sandbox::execute(&source, args, &limits, deadline, flag, tx, services)
+    });
     let mut calls = Vec::new();
     let ended = loop {
         tokio::select! {
@@ -175,13 +186,9 @@ pub async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, request: Scr
     };
     let answer = json!({
         "run_id": parent_id,
-        "status": match status {
-            RunStatus::AwaitingApproval => "awaiting_approval",
-            RunStatus::Succeeded => "succeeded",
-            _ => "failed",
-        },
+        "status": status.as_str(),
         "value": ended.value.as_ref().ok(),
-        "error": error,
+        "error": &error,
         "held_run_id": ended.held,
         "output": ended.output,
         "output_truncated": ended.output_truncated,
@@ -193,19 +200,17 @@ pub async fn run(d: &Dispatcher, caller: &Caller, surface: Surface, request: Scr
         RunStatus::AwaitingApproval => RunStatus::Succeeded,
         other => other,
     };
+    let text = answer.to_string();
+    let stored = text.len() <= d.payload_cap();
     let changes = crate::runs::store::Changes {
         finished_at: Some(now_ms()),
-        result: Some(answer.to_string()).filter(|r| r.len() <= d.payload_cap()),
-        result_truncated: answer.to_string().len() > d.payload_cap(),
-        error: error_of(&answer),
+        result: stored.then_some(text),
+        result_truncated: !stored,
+        error,
         ..Default::default()
     };
     d.runs().finish(&parent_id, final_status, changes)?;
     Ok(answer)
-}
-
-fn error_of(answer: &Value) -> Option<Value> {
-    answer.get("error").filter(|e| !e.is_null()).cloned()
 }
 
 /// One call the script made, as a child run of the script's.
@@ -218,30 +223,20 @@ async fn child(
     call: &CallRequest,
     key: Option<&str>,
 ) -> crate::intent::Outcome {
-    if crate::access::is_reserved(&call.capability) {
-        return Err(ExecError::invalid_params(format!(
-            "{} is one of the executor's own methods, not a capability a script calls",
-            call.capability
-        ))
-        .into());
-    }
-    let capability = CapabilityName::parse(&call.capability).map_err(ExecError::invalid_params)?;
     // Each call counts against the caller's rate, as if it came in on its own.
     d.rate_limit(&caller.principal.id)?;
-    let intent = Intent {
-        caller: caller.clone(),
-        capability,
-        params: call.params.clone().filter(|p| !p.is_null()),
-        surface,
+    let call = crate::command::Execute {
+        capability: call.capability.clone(),
+        params: call.params.clone(),
         idempotency_key: key.map(|k| format!("{k}/{}", call.index)),
-        parent_id: Some(parent_id.to_owned()),
-        run_id: Some(run_id.to_owned()),
+        by_method: false,
     };
-    d.execute(intent).await
+    let within = Some((parent_id.to_owned(), run_id.to_owned()));
+    crate::command::run_within(d, caller, surface, call, within).await
 }
 
 /// The script's own run: `script.run`, decided allow (each call it makes is decided).
-fn script_run(caller: &Caller, surface: Surface, request: &ScriptRun) -> Run {
+fn script_run(caller: &Caller, surface: Surface, request: &ScriptRun, cap: usize) -> Run {
     let intent = Intent {
         caller: caller.clone(),
         capability: CapabilityName {
@@ -264,8 +259,7 @@ fn script_run(caller: &Caller, surface: Surface, request: &ScriptRun) -> Run {
         matched: Vec::new(),
     };
     let input = json!({"source": request.source, "args": request.args, "idempotency_key": request.idempotency_key});
-    // The source is kept whatever its size (bounded by max_source_bytes and the body limit).
-    let mut run = crate::dispatch::new_run(&intent, &allowed, crate::dispatch::Input::of(Some(&input)), usize::MAX);
+    let mut run = crate::dispatch::new_run(&intent, &allowed, crate::dispatch::Input::of(Some(&input)), cap);
     run.started_at = Some(run.created_at);
     run
 }

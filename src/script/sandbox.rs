@@ -44,6 +44,8 @@ struct Shared {
     output_bytes: usize,
     output_truncated: bool,
     calls: usize,
+    /// The script asked for more calls than it may make (not text a `throw` can fake).
+    calls_exceeded: bool,
     held: Option<String>,
     operations: u64,
 }
@@ -78,7 +80,8 @@ pub fn execute(
     engine.set_max_array_size(limits.max_array_len);
     engine.set_max_map_size(limits.max_map_len);
     engine.set_max_modules(0);
-    engine.set_max_variables(10_000);
+    // With each value bounded by the size limits above, this bounds what one scope holds.
+    engine.set_max_variables(256);
     engine.set_max_functions(1_000);
     let operations = Arc::new(std::sync::atomic::AtomicU64::new(0));
     {
@@ -161,7 +164,7 @@ pub fn execute(
                         | EvalAltResult::ErrorStackOverflow(_)
                         | EvalAltResult::ErrorTooManyModules(_)
                         | EvalAltResult::ErrorTooManyVariables(_)
-                ) || error.to_string().contains("too many capability calls");
+                ) || shared.calls_exceeded;
                 Err(describe(&error))
             }
         }
@@ -210,6 +213,7 @@ impl Caller {
         let index = {
             let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
             if shared.calls >= self.max_calls {
+                shared.calls_exceeded = true;
                 return Err(format!("too many capability calls (at most {})", self.max_calls).into());
             }
             shared.calls += 1;

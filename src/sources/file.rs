@@ -549,5 +549,9 @@ auth = { type = "bearer", token = "hunter2" }
         )
         .unwrap_err();
         assert!(unknown[0].starts_with("s.toml:"), "{unknown:?}");
+        assert!(
+            unknown[0].contains("unknown field `bogus`"),
+            "the field is named: {unknown:?}"
+        );
     }
 }

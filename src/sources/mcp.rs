@@ -368,11 +368,13 @@ async fn log_stderr(source: String, stderr: tokio::process::ChildStderr, redacto
     use tokio::io::AsyncReadExt;
     let mut stderr = stderr;
     let mut chunk = [0u8; 4096];
-    // At most MAX_LOG_LINE bytes of a line are kept; the rest is skipped to its newline.
+    // At most twice MAX_LOG_LINE bytes of a line are read (the rest is skipped to its
+    // newline); MAX_LOG_LINE bytes of it are logged.
     let mut line: Vec<u8> = Vec::new();
     let log = |line: &mut Vec<u8>| {
-        let text = redactor.text(&String::from_utf8_lossy(line));
-        let text: String = text.chars().take(MAX_LOG_LINE).collect();
+        // Cut after redacting, and with no start of a secret at the cut: a secret that runs
+        // past the bytes kept is never matched whole.
+        let (text, _) = redactor.excerpt(&String::from_utf8_lossy(line), MAX_LOG_LINE);
         tracing::info!(source = %source, line = %text, "MCP server stderr");
         line.clear();
     };

@@ -597,7 +597,14 @@ impl Sources {
 /// Reads a spec file (bounded), its fingerprint (sha-256 of the bytes) and its JSON.
 fn read_spec(path: &Path, limits: &SpecLimits) -> Result<(String, Value), String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so a FIFO at the path is refused below rather than waited on (with the
+    // reload lock held). It changes nothing for a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| e.to_string())?;
     if !file.metadata().map_err(|e| e.to_string())?.is_file() {
         return Err("not a regular file".to_owned());
     }
@@ -610,4 +617,21 @@ fn read_spec(path: &Path, limits: &SpecLimits) -> Result<(String, Value), String
     }
     let fingerprint = hex::encode(Sha256::digest(raw.as_bytes()));
     Ok((fingerprint, openapi::parse_text(&raw)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spec path that is a FIFO (or a directory) is refused at once, not waited on.
+    #[test]
+    fn a_spec_that_is_not_a_regular_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("spec.fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+        let limits = SpecLimits::default();
+        for path in [fifo.as_path(), dir.path()] {
+            assert_eq!(read_spec(path, &limits).unwrap_err(), "not a regular file", "{path:?}");
+        }
+    }
 }

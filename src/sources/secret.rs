@@ -316,9 +316,16 @@ mod tests {
         assert_eq!(r.text(r#"ab/cd\"ef"#), "[redacted]");
         let mut r = Redactor::default();
         r.add("SECRET-TOKEN");
-        // However the text is padded, no prefix of the secret survives the cut.
+        // However the text is padded, no prefix of the secret survives the cut, also when the
+        // text itself was cut inside the secret (so redaction cannot match it whole).
         for pad in 0..20 {
             let text = format!("{}SECRET-TOKEN tail", "p".repeat(pad));
+            let (cut, truncated) = r.excerpt(&text, 12);
+            assert!(truncated);
+            assert!(!cut.contains("SECRET") && !cut.ends_with('S'), "{pad}: {cut}");
+        }
+        for pad in 3..20 {
+            let text = format!("{}SECRET-TOK", "p".repeat(pad));
             let (cut, truncated) = r.excerpt(&text, 12);
             assert!(truncated);
             assert!(!cut.contains("SECRET") && !cut.ends_with('S'), "{pad}: {cut}");
