@@ -295,6 +295,11 @@ async fn the_interface_and_run_script_over_mcp_and_rest() {
     let value = result.structured_content.unwrap();
     assert_eq!(value["status"], "succeeded", "{value}");
     assert_eq!(value["value"], 7);
+    // A malformed field is refused as JSON-RPC refuses it, not left out.
+    let mut params = rmcp::model::CallToolRequestParams::new("run_script");
+    params.arguments = json!({"source": "1", "timeout_ms": "soon"}).as_object().cloned();
+    let refused = mcp.peer().call_tool(params).await.unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,16 +264,10 @@ fn meta_command(tool: &str, args: Value) -> Result<Command, ExecError> {
             idempotency_key: text("idempotency_key"),
             ..Execute::new(required("capability")?, args.get("params").cloned())
         }),
-        "interface" => Command::CatalogInterface(crate::command::CatalogInterface {
-            service: text("service"),
-            language: text("language"),
-        }),
-        "run_script" => Command::ScriptRun(crate::script::ScriptRun {
-            source: required("source")?,
-            args: args.get("args").cloned(),
-            timeout_ms: args.get("timeout_ms").and_then(Value::as_u64),
-            idempotency_key: text("idempotency_key"),
-        }),
+        // Checked as the JSON-RPC methods check them (a malformed field is an error, not
+        // left out).
+        "interface" => Command::parse("catalog.interface", Some(args.clone()))?,
+        "run_script" => Command::parse("script.run", Some(args.clone()))?,
         other => return status_command(other, &args).unwrap_or_else(|| Err(no_tool(other))),
     })
 }
