@@ -196,7 +196,6 @@ impl AppState {
             config.socket_dir.clone(),
             config.spec_limits,
             config.max_response_bytes,
-            config.max_per_target,
         )
         .map_err(|errors| errors.join("\n"))?;
         let own_uid = rustix::process::geteuid().as_raw();

@@ -650,6 +650,8 @@ async fn an_mcp_streamable_http_source_is_called_from_every_surface() {
     );
     let mut config = node.config();
     config.sources = Some(file);
+    // One call in flight to a target, a source as a hero service.
+    config.max_per_target = 1;
     let _executor = node.start(config).await;
     let sock = node.rpc_sock();
     eventually("remote tools", || async {
@@ -662,6 +664,22 @@ async fn an_mcp_streamable_http_source_is_called_from_every_surface() {
         call(&agent, "remote.add", json!({"a": 20, "b": 22})).await["result"]["result"],
         42
     );
+    // While a slow call holds the source's one place, the next waits for it (the server
+    // itself would answer at once).
+    let slow = {
+        let agent = signed_client(&node, "agent", &key(1));
+        tokio::spawn(async move { call(&agent, "remote.sleep", json!({"ms": 1000})).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let quick = call(&agent, "remote.add", json!({"a": 1, "b": 1})).await;
+    assert_eq!(quick["result"]["result"], 2, "{quick}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "it waited for the slow call: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap()["result"]["result"], 1000);
     let mcp = hero_executor::mcp_bridge::connect(
         &sock,
         Some(hero_executor::client::Signer::new("agent", key(1))),

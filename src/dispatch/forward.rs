@@ -61,7 +61,17 @@ impl Forwarder {
             };
             let timeout = capability.timeout.unwrap_or(self.call_timeout);
             let outcome = match &capability.route {
-                Some(route) => route.call(params, &headers.traceparent, timeout).await,
+                Some(route) => {
+                    // A source's calls in flight are bounded as a hero service's are.
+                    let started = std::time::Instant::now();
+                    match self.upstream.slot(&capability.service, timeout).await {
+                        Ok(_slot) => {
+                            let remaining = timeout.saturating_sub(started.elapsed());
+                            route.call(params, &headers.traceparent, remaining).await
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
                 None => {
                     let (service, method) = (&capability.service, &capability.method);
                     self.upstream.call(service, method, params, &headers, timeout).await

@@ -60,8 +60,6 @@ pub struct McpTarget {
     spawned: RwLock<Redactor>,
     /// The running child's process group, killed whole when the connection ends.
     group: std::sync::Mutex<Option<u32>>,
-    /// Calls in flight, like a hero target's (`--max-per-target`).
-    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for McpTarget {
@@ -73,7 +71,7 @@ impl std::fmt::Debug for McpTarget {
 impl McpTarget {
     /// Starts connecting (and supervising) in the background; `on_tools` hears every tool
     /// list and every disconnection.
-    pub fn start(def: SourceDef, max_response_bytes: usize, max_in_flight: usize, on_tools: OnTools) -> Arc<Self> {
+    pub fn start(def: SourceDef, max_response_bytes: usize, on_tools: OnTools) -> Arc<Self> {
         let target = Arc::new(Self {
             def,
             peer: RwLock::new(Err("connecting".to_owned())),
@@ -82,7 +80,6 @@ impl McpTarget {
             max_response_bytes,
             spawned: RwLock::new(Redactor::default()),
             group: std::sync::Mutex::new(None),
-            slots: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
         });
         tokio::spawn(target.clone().supervise(on_tools));
         target
@@ -292,12 +289,6 @@ impl McpTarget {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .map_err(|why| ExecError::TargetUnavailable(format!("{source}: {why}")))?;
-        let started = Instant::now();
-        let _slot = tokio::time::timeout(timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| ExecError::TargetTimeout(format!("{source} has too many calls in flight")))?
-            .map_err(|_| ExecError::Internal("source limiter closed".into()))?;
-        let timeout = timeout.saturating_sub(started.elapsed());
         let mut request = CallToolRequestParams::new(tool.to_owned());
         request.arguments = Some(params.and_then(Value::as_object).cloned().unwrap_or_default());
         let answer = tokio::time::timeout(timeout, peer.call_tool(request))

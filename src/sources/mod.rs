@@ -139,8 +139,6 @@ struct Inner {
     accepted: AcceptedStore,
     limits: SpecLimits,
     max_response_bytes: usize,
-    /// Calls in flight to one source, as to one hero target.
-    max_in_flight: usize,
     socket_dir: PathBuf,
     live: tokio::sync::Mutex<BTreeMap<String, Live>>,
     /// One reload at a time, from reading the file to applying it.
@@ -159,7 +157,6 @@ impl Sources {
         socket_dir: PathBuf,
         limits: SpecLimits,
         max_response_bytes: usize,
-        max_in_flight: usize,
     ) -> Result<Self, Vec<String>> {
         let accepted = AcceptedStore::open(data_dir).map_err(|e| vec![e])?;
         let sources = Self(Arc::new(Inner {
@@ -168,7 +165,6 @@ impl Sources {
             accepted,
             limits,
             max_response_bytes,
-            max_in_flight,
             socket_dir,
             live: Default::default(),
             reloading: Default::default(),
@@ -294,13 +290,13 @@ impl Sources {
             });
             match &def.kind {
                 Kind::OpenApi { base, .. } => {
-                    let target = match (same, live.get(&name).map(|l| &l.target)) {
+                    let old = live.get(&name).map(|l| &l.target);
+                    if let Some(Target::Mcp(old)) = old {
+                        old.stop(); // was an MCP source under this name
+                    }
+                    let target = match (same, old) {
                         (true, Some(Target::OpenApi(t))) => Ok(t.clone()),
-                        (_, Some(Target::Mcp(old))) => {
-                            old.stop(); // was an MCP source under this name
-                            HttpTarget::new(&def, base, self.0.max_response_bytes, self.0.max_in_flight).map(Arc::new)
-                        }
-                        _ => HttpTarget::new(&def, base, self.0.max_response_bytes, self.0.max_in_flight).map(Arc::new),
+                        _ => HttpTarget::new(&def, base, self.0.max_response_bytes).map(Arc::new),
                     };
                     let input = prepared.specs.remove(&name);
                     let target = match target {
@@ -340,8 +336,7 @@ impl Sources {
                         let (this, source) = (this.clone(), source.clone());
                         Box::pin(async move { this.tools_arrived(&source, id, tools).await })
                     });
-                    let (cap, in_flight) = (self.0.max_response_bytes, self.0.max_in_flight);
-                    let target = McpTarget::start(def.clone(), cap, in_flight, on_tools);
+                    let target = McpTarget::start(def.clone(), self.0.max_response_bytes, on_tools);
                     let state = State {
                         error: Some("connecting".to_owned()),
                         ..State::default()

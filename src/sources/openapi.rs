@@ -9,7 +9,6 @@
 //! draft 4 with `nullable`, which becomes a `"null"` type; 3.1 schemas are 2020-12.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -386,17 +385,10 @@ pub struct HttpTarget {
     base: reqwest::Url,
     auth: Option<Auth>,
     max_response_bytes: usize,
-    /// Calls in flight to this source, like a hero target's (`--max-per-target`).
-    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpTarget {
-    pub fn new(
-        def: &SourceDef,
-        base: &BaseUrl,
-        max_response_bytes: usize,
-        max_in_flight: usize,
-    ) -> Result<Self, String> {
+    pub fn new(def: &SourceDef, base: &BaseUrl, max_response_bytes: usize) -> Result<Self, String> {
         crate::telemetry::install_crypto_provider();
         let builder = reqwest::Client::builder()
             .no_proxy()
@@ -435,7 +427,6 @@ impl HttpTarget {
             base,
             auth: def.auth.clone(),
             max_response_bytes,
-            slots: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
         })
     }
 
@@ -447,12 +438,6 @@ impl HttpTarget {
         extra: &HeaderMap,
         timeout: Duration,
     ) -> Result<Box<RawValue>, ExecError> {
-        let started = std::time::Instant::now();
-        let _slot = tokio::time::timeout(timeout, self.slots.clone().acquire_owned())
-            .await
-            .map_err(|_| ExecError::TargetTimeout(format!("{} has too many calls in flight", self.source)))?
-            .map_err(|_| ExecError::Internal("source limiter closed".into()))?;
-        let timeout = timeout.saturating_sub(started.elapsed());
         // A caller's query parameter never stands beside (or before) the credential's.
         let credential_query = match &self.auth {
             Some(Auth::Query { name, .. }) => Some(name.as_str()),
@@ -781,7 +766,7 @@ components:
                 auth: Some(auth),
                 ..def()
             };
-            let target = HttpTarget::new(&def, &BaseUrl::Unix(socket.clone()), 1024, 4).unwrap();
+            let target = HttpTarget::new(&def, &BaseUrl::Unix(socket.clone()), 1024).unwrap();
             let answer = target
                 .call(&op, Some(&params), &HeaderMap::new(), Duration::from_secs(5))
                 .await
@@ -801,7 +786,7 @@ components:
             assert_eq!(answer["x-key"], json!([sent]), "only the credential, when it is one");
         }
         for bad in ["../admin", "a/b", "..", "%2e%2e", "a\\b", ""] {
-            let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024, 4).unwrap();
+            let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024).unwrap();
             let error = target
                 .call(
                     &op,
@@ -818,7 +803,7 @@ components:
             params: Vec::new(),
             ..op
         };
-        let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024, 4).unwrap();
+        let target = HttpTarget::new(&def(), &BaseUrl::Unix(socket.clone()), 1024).unwrap();
         let error = target
             .call(&big, None, &HeaderMap::new(), Duration::from_secs(5))
             .await

@@ -157,6 +157,21 @@ impl Upstream {
             .clone()
     }
 
+    /// A place among the calls in flight to `target` (a hero service or a source: their
+    /// names never collide), waited for within `timeout`. Kept across reloads of a source.
+    pub async fn slot(&self, target: &str, timeout: Duration) -> Result<tokio::sync::OwnedSemaphorePermit, ExecError> {
+        tokio::time::timeout(timeout, self.target_slots(target).acquire_owned())
+            .await
+            .map_err(|_| {
+                ExecError::TargetTimeout(format!(
+                    "{target} already has {} calls in flight; none finished within {} ms",
+                    self.max_per_target,
+                    timeout.as_millis()
+                ))
+            })?
+            .map_err(|_| ExecError::Internal("target limiter closed".into()))
+    }
+
     /// Calls `method` on `service` and returns its `result`, or its error passed through.
     pub async fn call(
         &self,
@@ -167,17 +182,7 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Box<RawValue>, ExecError> {
         let started = std::time::Instant::now();
-        let slots = self.target_slots(service);
-        let _slot = tokio::time::timeout(timeout, slots.acquire_owned())
-            .await
-            .map_err(|_| {
-                ExecError::TargetTimeout(format!(
-                    "{service} already has {} calls in flight; none finished within {} ms",
-                    self.max_per_target,
-                    timeout.as_millis()
-                ))
-            })?
-            .map_err(|_| ExecError::Internal("target limiter closed".into()))?;
+        let _slot = self.slot(service, timeout).await?;
         let body = jsonrpc::request(&headers.run_id, method, params);
         let remaining = timeout.saturating_sub(started.elapsed());
         let bytes = self.exchange(service, &body, Some(headers), remaining).await?;

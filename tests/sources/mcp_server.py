@@ -4,6 +4,7 @@
 Streamable HTTP on 127.0.0.1 (a free port, printed as `PORT <n>`) at /mcp.
 """
 
+import asyncio
 import os
 import socket
 import sys
@@ -38,6 +39,13 @@ def whoami() -> str:
 def fail(reason: str) -> str:
     """Always fails with the reason given."""
     raise ValueError(reason)
+
+
+@mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+async def sleep(ms: int) -> int:
+    """Answers after `ms` milliseconds (other calls are served meanwhile)."""
+    await asyncio.sleep(ms / 1000)
+    return ms
 
 
 @mcp.tool()
