@@ -513,6 +513,33 @@ impl StreamableHttpClient for SecretHeaders {
             .get_stream(uri, session_id, last_event_id, auth_header, headers)
             .await
     }
+
+    /// The server's own stream (GET) keeps the event cap too (the default forwards to
+    /// `get_stream`, which has none).
+    async fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<sse_stream::Sse, sse_stream::Error>>,
+        StreamableHttpError<Self::Error>,
+    > {
+        let headers = self.with_secrets(custom_headers);
+        self.inner
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                auth_header,
+                headers,
+                max_sse_event_size,
+            )
+            .await
+    }
 }
 
 /// A tool list as an OpenRPC document, and each method's tool name on the wire.
