@@ -560,6 +560,7 @@ pub enum ScriptAction {
         /// JSON bound to `args` in the script
         #[arg(long)]
         args: Option<String>,
+        /// Wall time in milliseconds (default and maximum: the daemon's --script-* flags)
         #[arg(long)]
         timeout_ms: Option<u64>,
         /// Run again with the same key once a held call is approved: calls already made
@@ -569,8 +570,10 @@ pub enum ScriptAction {
     },
     /// Print the interface scripts call (what you may run), in rhai, typescript or python
     Interface {
+        /// Only this service
         #[arg(long)]
         service: Option<String>,
+        /// rhai (the default), typescript or python
         #[arg(long)]
         language: Option<String>,
     },

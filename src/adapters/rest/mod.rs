@@ -331,7 +331,8 @@ async fn script_run(State(state): State<AppState>, caller: Option<Extension<Call
 }
 
 /// `GET /api/v1/interface` query.
-#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct InterfaceQuery {
     /// Only this service.
     service: Option<String>,
@@ -347,14 +348,19 @@ struct InterfaceQuery {
     params(InterfaceQuery),
     responses(
         (status = 200, description = "`{language, capabilities, interface}`", body = Object),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown language or invalid service name", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn interface(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
-    axum::extract::Query(query): axum::extract::Query<InterfaceQuery>,
+    query: Result<Query<InterfaceQuery>, QueryRejection>,
 ) -> Response {
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => return problem(&ExecError::InvalidRequest(e.body_text())),
+    };
     let command = Command::CatalogInterface(crate::command::CatalogInterface {
         service: query.service,
         language: query.language,
